@@ -1,1 +1,15 @@
-//! whale-model
+//! DeepSeek-architecture models: config, checkpoint loading, the forward pass with its
+//! latent cache, and sampling.
+
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
+pub mod deepseek;
+pub mod error;
+pub mod rope;
+pub mod sampling;
+
+pub use cache::LatentCache;
+pub use config::Config;
+pub use deepseek::{Logits, MlaImpl, Model};
+pub use error::{ModelError, Result};

@@ -1,0 +1,284 @@
+//! Safetensors checkpoints (single file or sharded) read through mmap, and the typed
+//! loader that checks every tensor's name, shape and dtype before the model runs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use whale_tensor::{dtype::bytes_to_f32, DType, Weight, WeightData};
+
+use crate::error::{ModelError, Result};
+
+/// One tensor's location inside a mapped file.
+#[derive(Debug)]
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// The safetensors files of a model folder, mapped and indexed by tensor name.
+pub struct Checkpoint {
+    dir: PathBuf,
+    files: Vec<(PathBuf, Mmap)>,
+    tensors: HashMap<String, Entry>,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors.index.json` (sharded) or `model.safetensors`, or failing
+    /// both every `*.safetensors` file in `dir`.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let (paths, index) = if index_path.exists() {
+            let index = read_index(&index_path)?;
+            let files: Vec<PathBuf> = index
+                .values()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|f| dir.join(f))
+                .collect();
+            (files, Some(index))
+        } else if dir.join("model.safetensors").exists() {
+            (vec![dir.join("model.safetensors")], None)
+        } else {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|source| ModelError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(ModelError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: "no model.safetensors, model.safetensors.index.json or *.safetensors file".into(),
+                });
+            }
+            (files, None)
+        };
+
+        let mut ckpt = Checkpoint {
+            dir: dir.to_path_buf(),
+            files: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        for path in paths {
+            ckpt.add_file(path)?;
+        }
+        if let Some(index) = index {
+            for (name, file) in &index {
+                let found = ckpt
+                    .tensors
+                    .get(name)
+                    .map(|e| ckpt.files[e.file].0.file_name() == Some(std::ffi::OsStr::new(file)));
+                if found != Some(true) {
+                    return Err(ModelError::Checkpoint {
+                        path: dir.join("model.safetensors.index.json"),
+                        message: format!("tensor `{name}` is mapped to {file} but that file does not hold it"),
+                    });
+                }
+            }
+        }
+        Ok(ckpt)
+    }
+
+    fn add_file(&mut self, path: PathBuf) -> Result<()> {
+        let file = File::open(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        // SAFETY: the mapping is read-only and the files are not modified while whale
+        // runs; a file truncated underneath us is the same hazard every mmap loader has.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let bad = |message: String| ModelError::Checkpoint {
+            path: path.clone(),
+            message,
+        };
+        // `deserialize` validates the header: its length, the JSON, and that the data
+        // offsets are contiguous, match each dtype × shape and fit inside the file.
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| bad(format!("invalid safetensors file: {e}")))?;
+        let file_idx = self.files.len();
+        let base = mmap.as_ptr() as usize;
+        for (name, view) in st.tensors() {
+            let dtype = match view.dtype() {
+                Dtype::F32 => DType::F32,
+                Dtype::F16 => DType::F16,
+                Dtype::BF16 => DType::Bf16,
+                Dtype::F8_E4M3 => DType::F8E4M3,
+                other => return Err(bad(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            };
+            let start = view.data().as_ptr() as usize - base;
+            let entry = Entry {
+                file: file_idx,
+                dtype,
+                shape: view.shape().to_vec(),
+                start,
+                end: start + view.data().len(),
+            };
+            if let Some(prev) = self.tensors.insert(name.clone(), entry) {
+                return Err(bad(format!(
+                    "tensor `{name}` also appears in {}",
+                    self.files[prev.file].0.display()
+                )));
+            }
+        }
+        drop(st);
+        self.files.push((path, mmap));
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn tensor_names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        &self.files[e.file].1[e.start..e.end]
+    }
+}
+
+fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let index: Index = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(index.weight_map)
+}
+
+/// Builds typed weights from a checkpoint, collecting every problem (missing tensor,
+/// wrong shape, missing FP8 scale) so they are all reported in one error.
+pub struct WeightLoader<'a> {
+    ckpt: &'a Checkpoint,
+    fp8_block: [usize; 2],
+    problems: Vec<String>,
+    used: HashSet<String>,
+}
+
+impl<'a> WeightLoader<'a> {
+    pub fn new(ckpt: &'a Checkpoint, fp8_block: Option<[usize; 2]>) -> Self {
+        WeightLoader {
+            ckpt,
+            fp8_block: fp8_block.unwrap_or([128, 128]),
+            problems: Vec::new(),
+            used: HashSet::new(),
+        }
+    }
+
+    /// Looks up `name` and checks its shape; records a problem and returns `None` if either fails.
+    fn entry(&mut self, name: &str, shape: &[usize]) -> Option<&'a Entry> {
+        let Some(e) = self.ckpt.tensors.get(name) else {
+            self.problems.push(format!("missing tensor `{name}` (expected shape {shape:?})"));
+            return None;
+        };
+        self.used.insert(name.to_string());
+        if e.shape != shape {
+            self.problems
+                .push(format!("tensor `{name}` has shape {:?}, expected {shape:?}", e.shape));
+            return None;
+        }
+        Some(e)
+    }
+
+    /// A `[rows, cols]` matrix in its stored dtype (FP8 with its block scales).
+    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Weight {
+        let Some(e) = self.entry(name, &[rows, cols]) else {
+            return placeholder();
+        };
+        let bytes = self.ckpt.bytes(e);
+        let data = match e.dtype {
+            DType::F32 => WeightData::F32(to_f32(DType::F32, bytes)),
+            DType::F16 => WeightData::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
+            DType::Bf16 => WeightData::Bf16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+            DType::F8E4M3 => {
+                let block = self.fp8_block;
+                let scale_name = format!("{name}_scale_inv");
+                let scale_shape = [rows.div_ceil(block[0]), cols.div_ceil(block[1])];
+                let Some(s) = self.entry(&scale_name, &scale_shape) else {
+                    return placeholder();
+                };
+                if s.dtype == DType::F8E4M3 {
+                    self.problems.push(format!("scale tensor `{scale_name}` must be a float type, not FP8"));
+                    return placeholder();
+                }
+                let scales = to_f32(s.dtype, self.ckpt.bytes(s));
+                if let Some(bad) = scales.iter().find(|v| !v.is_finite()) {
+                    self.problems.push(format!("scale tensor `{scale_name}` holds a non-finite value {bad}"));
+                }
+                WeightData::Fp8Block {
+                    values: bytes.to_vec(),
+                    scales,
+                    block,
+                }
+            }
+        };
+        Weight::new(rows, cols, data)
+    }
+
+    /// A vector (norm weights, router bias) decoded to `f32`.
+    pub fn vector(&mut self, name: &str, len: usize) -> Vec<f32> {
+        match self.entry(name, &[len]) {
+            Some(e) if e.dtype == DType::F8E4M3 => {
+                self.problems.push(format!("tensor `{name}` is FP8; only matrices may be FP8"));
+                vec![0.0; len]
+            }
+            Some(e) => to_f32(e.dtype, self.ckpt.bytes(e)),
+            None => vec![0.0; len],
+        }
+    }
+
+    /// Fails with every recorded problem. Tensors never asked for are returned so the
+    /// caller can decide which are deliberately ignored.
+    pub fn finish(self) -> Result<Vec<String>> {
+        if !self.problems.is_empty() {
+            return Err(ModelError::Tensors {
+                dir: self.ckpt.dir.clone(),
+                problems: self.problems,
+            });
+        }
+        let mut unused: Vec<String> = self
+            .ckpt
+            .tensors
+            .keys()
+            .filter(|n| !self.used.contains(*n))
+            .cloned()
+            .collect();
+        unused.sort();
+        Ok(unused)
+    }
+}
+
+fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    let mut out = Vec::new();
+    bytes_to_f32(dtype, bytes, &mut out);
+    out
+}
+
+/// Stands in for a tensor that failed to load; never used because `finish` then errors.
+fn placeholder() -> Weight {
+    Weight::from_f32(0, 0, Vec::new())
+}

@@ -1,0 +1,515 @@
+//! The DeepSeek-V2/V3 transformer: MLA attention (naive and absorbed), dense SwiGLU and
+//! DeepSeekMoE layers. Mirrors DeepSeek's `inference/model.py` (`MLA`, `Gate`, `MoE`,
+//! `Block`, `Transformer`) and transformers' `modeling_deepseek_v3.py`.
+//!
+//! Letters in shape comments: `t` tokens in this step, `T` cached positions after it,
+//! `d` hidden size, `h` heads, `c` kv_lora_rank, `r` rope dim, `n` nope dim, `v` value
+//! dim, `e` routed experts.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use whale_tensor::ops::{axpy, dot, rms_norm_rows, sigmoid, softmax, swiglu};
+use whale_tensor::{matmul, Weight};
+
+use crate::cache::LatentCache;
+use crate::checkpoint::{Checkpoint, WeightLoader};
+use crate::config::{Config, ScoringFunc, TopkMethod};
+use crate::error::{ModelError, Result};
+use crate::rope::Rope;
+
+/// eps of `q_a_layernorm` and `kv_a_layernorm`: transformers and the hub code build
+/// them with the default 1e-6 whatever `rms_norm_eps` says (SPEC §7.1).
+const LATENT_NORM_EPS: f32 = 1e-6;
+
+/// How MLA attends, chosen once at load (SPEC §3.3). Both read the same latent cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlaImpl {
+    /// Decompress per-head keys and values from the latent (`kv_b_proj`) every step.
+    Naive,
+    /// Fold `W_UK` into the query and `W_UV` into the output; attend in latent space.
+    Absorbed,
+}
+
+impl std::str::FromStr for MlaImpl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "naive" => Ok(MlaImpl::Naive),
+            "absorbed" | "absorb" => Ok(MlaImpl::Absorbed),
+            _ => Err(format!("unknown MLA form {s:?} (expected naive or absorbed)")),
+        }
+    }
+}
+
+/// Query projection: plain, or low-rank with a norm in between (q-LoRA).
+enum QProj {
+    Plain(Weight),
+    Lora { a: Weight, norm: Vec<f32>, b: Weight },
+}
+
+struct Mla {
+    q: QProj,
+    /// `[c + r, d]`: latent and shared rope key.
+    kv_a: Weight,
+    kv_norm: Vec<f32>,
+    /// `[h·(n + v), c]`: per head `W_UK` rows then `W_UV` rows.
+    kv_b: Weight,
+    /// `kv_b` decoded to f32 for the absorbed form, which reads it per head.
+    kv_b_dense: Option<Vec<f32>>,
+    o: Weight,
+}
+
+/// SwiGLU MLP: `down(silu(gate·x) ⊙ up·x)`.
+struct Mlp {
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+}
+
+struct Moe {
+    /// `[e, d]` router (`mlp.gate.weight`), applied in f32.
+    router: Weight,
+    /// `e_score_correction_bias`: shifts selection only (noaux_tc).
+    bias: Option<Vec<f32>>,
+    experts: Vec<Mlp>,
+    shared: Option<Mlp>,
+}
+
+enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    attn: Mla,
+    ffn_norm: Vec<f32>,
+    ffn: Ffn,
+}
+
+/// Which positions of a step need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    Last,
+}
+
+pub struct Model {
+    pub config: Config,
+    pub mla: MlaImpl,
+    embed: Weight,
+    layers: Vec<Block>,
+    norm: Vec<f32>,
+    head: Weight,
+    rope: Rope,
+    softmax_scale: f32,
+    /// Checkpoint tensors deliberately not used (the MTP layer).
+    pub ignored_tensors: Vec<String>,
+}
+
+impl Model {
+    /// Loads `config.json` and the safetensors weights of a model folder.
+    pub fn load(dir: &Path, mla: MlaImpl) -> Result<Model> {
+        let config = Config::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Model::from_checkpoint(config, &ckpt, mla)
+    }
+
+    pub fn from_checkpoint(config: Config, ckpt: &Checkpoint, mla: MlaImpl) -> Result<Model> {
+        let c = &config;
+        let mut w = WeightLoader::new(ckpt, c.fp8_block);
+        let (d, h) = (c.hidden_size, c.num_attention_heads);
+        let embed = w.matrix("model.embed_tokens.weight", c.vocab_size, d);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let q = match c.q_lora_rank {
+                None => QProj::Plain(w.matrix(&format!("{p}.self_attn.q_proj.weight"), h * c.qk_head_dim(), d)),
+                Some(rank) => QProj::Lora {
+                    a: w.matrix(&format!("{p}.self_attn.q_a_proj.weight"), rank, d),
+                    norm: w.vector(&format!("{p}.self_attn.q_a_layernorm.weight"), rank),
+                    b: w.matrix(&format!("{p}.self_attn.q_b_proj.weight"), h * c.qk_head_dim(), rank),
+                },
+            };
+            let kv_b = w.matrix(
+                &format!("{p}.self_attn.kv_b_proj.weight"),
+                h * (c.qk_nope_head_dim + c.v_head_dim),
+                c.kv_lora_rank,
+            );
+            let attn = Mla {
+                q,
+                kv_a: w.matrix(&format!("{p}.self_attn.kv_a_proj_with_mqa.weight"), c.latent_dim(), d),
+                kv_norm: w.vector(&format!("{p}.self_attn.kv_a_layernorm.weight"), c.kv_lora_rank),
+                kv_b_dense: (mla == MlaImpl::Absorbed).then(|| kv_b.to_f32()),
+                kv_b,
+                o: w.matrix(&format!("{p}.self_attn.o_proj.weight"), d, h * c.v_head_dim),
+            };
+            let mlp = |w: &mut WeightLoader, prefix: &str, width: usize| Mlp {
+                gate: w.matrix(&format!("{prefix}.gate_proj.weight"), width, d),
+                up: w.matrix(&format!("{prefix}.up_proj.weight"), width, d),
+                down: w.matrix(&format!("{prefix}.down_proj.weight"), d, width),
+            };
+            let ffn = match c.moe.as_ref().filter(|_| c.is_moe_layer(i)) {
+                None => Ffn::Dense(mlp(&mut w, &format!("{p}.mlp"), c.intermediate_size)),
+                Some(m) => Ffn::Moe(Moe {
+                    router: w.matrix(&format!("{p}.mlp.gate.weight"), m.n_routed_experts, d),
+                    bias: (m.topk_method == TopkMethod::NoauxTc)
+                        .then(|| w.vector(&format!("{p}.mlp.gate.e_score_correction_bias"), m.n_routed_experts)),
+                    experts: (0..m.n_routed_experts)
+                        .map(|e| mlp(&mut w, &format!("{p}.mlp.experts.{e}"), m.moe_intermediate_size))
+                        .collect(),
+                    shared: (m.n_shared_experts > 0).then(|| {
+                        mlp(&mut w, &format!("{p}.mlp.shared_experts"), m.n_shared_experts * m.moe_intermediate_size)
+                    }),
+                }),
+            };
+            layers.push(Block {
+                attn_norm: w.vector(&format!("{p}.input_layernorm.weight"), d),
+                attn,
+                ffn_norm: w.vector(&format!("{p}.post_attention_layernorm.weight"), d),
+                ffn,
+            });
+        }
+        let norm = w.vector("model.norm.weight", d);
+        let head_name = if c.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let head = w.matrix(head_name, c.vocab_size, d);
+        let unused = w.finish()?;
+        // The MTP modules (layers L..L+num_nextn_predict_layers) are accepted and ignored;
+        // anything else unused is too, as transformers does with unexpected keys.
+        let ignored_tensors = unused;
+        Ok(Model {
+            rope: Rope::new(c),
+            softmax_scale: c.softmax_scale(),
+            embed,
+            layers,
+            norm,
+            head,
+            mla,
+            ignored_tensors,
+            config,
+        })
+    }
+
+    /// A fresh latent cache holding up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> LatentCache {
+        LatentCache::new(&self.config, capacity)
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appends their latents to the cache and
+    /// returns logits `[t, vocab]` (or `[1, vocab]` for [`Logits::Last`]).
+    pub fn forward(&self, tokens: &[u32], cache: &mut LatentCache, want: Logits) -> Result<Vec<f32>> {
+        let c = &self.config;
+        if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= c.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {id} at position {i} is out of range: vocab_size is {}",
+                c.vocab_size
+            )));
+        }
+        if cache.len() + tokens.len() > cache.capacity() {
+            return Err(ModelError::Input(format!(
+                "{} tokens after {} cached exceed the context of {} tokens",
+                tokens.len(),
+                cache.len(),
+                cache.capacity()
+            )));
+        }
+        let (t, d) = (tokens.len(), c.hidden_size);
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+        let mut hidden = vec![0.0f32; t * d]; // [t, d]
+        for (row, &id) in hidden.chunks_exact_mut(d).zip(tokens) {
+            self.embed.row_into(id as usize, row);
+        }
+        let mut x = vec![0.0f32; t * d];
+        for (i, layer) in self.layers.iter().enumerate() {
+            x.copy_from_slice(&hidden);
+            rms_norm_rows(&mut x, &layer.attn_norm, c.rms_norm_eps);
+            let attn = self.attention(i, &layer.attn, &x, cache); // [t, d]
+            axpy(&mut hidden, 1.0, &attn);
+            x.copy_from_slice(&hidden);
+            rms_norm_rows(&mut x, &layer.ffn_norm, c.rms_norm_eps);
+            let y = match &layer.ffn {
+                Ffn::Dense(mlp) => mlp.forward(&x, t),
+                Ffn::Moe(moe) => self.moe(moe, &x, t),
+            };
+            axpy(&mut hidden, 1.0, &y);
+        }
+        cache.commit(t);
+        let rows = match want {
+            Logits::All => &mut hidden[..],
+            Logits::Last => &mut hidden[(t - 1) * d..],
+        };
+        rms_norm_rows(rows, &self.norm, c.rms_norm_eps);
+        let n = rows.len() / d;
+        let mut logits = vec![0.0f32; n * c.vocab_size];
+        matmul(&mut logits, rows, &self.head, n);
+        Ok(logits)
+    }
+
+    /// Multi-head latent attention for one layer; appends this step's latents to the cache.
+    fn attention(&self, layer: usize, a: &Mla, x: &[f32], cache: &mut LatentCache) -> Vec<f32> {
+        let c = &self.config;
+        let t = x.len() / c.hidden_size;
+        let (h, nd, rd, vd, cd) = (
+            c.num_attention_heads,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
+        let qk = nd + rd;
+        let p0 = cache.len();
+
+        // Query: [t, h, n + r].
+        let mut q = vec![0.0f32; t * h * qk];
+        match &a.q {
+            QProj::Plain(wq) => matmul(&mut q, x, wq, t),
+            QProj::Lora { a: wa, norm, b: wb } => {
+                let mut cq = vec![0.0f32; t * wa.rows]; // [t, q_lora_rank]
+                matmul(&mut cq, x, wa, t);
+                rms_norm_rows(&mut cq, norm, LATENT_NORM_EPS);
+                matmul(&mut q, &cq, wb, t);
+            }
+        }
+        for (s, q_s) in q.chunks_exact_mut(h * qk).enumerate() {
+            for q_h in q_s.chunks_exact_mut(qk) {
+                self.rope.apply(&mut q_h[nd..], p0 + s);
+            }
+        }
+
+        // Latent: [t, c + r] → normalised c_KV and rotated k_pe, cached.
+        let ld = cd + rd;
+        let mut kv = vec![0.0f32; t * ld];
+        matmul(&mut kv, x, &a.kv_a, t);
+        for (s, row) in kv.chunks_exact_mut(ld).enumerate() {
+            let (lat, pe) = row.split_at_mut(cd);
+            rms_norm_rows(lat, &a.kv_norm, LATENT_NORM_EPS);
+            self.rope.apply(pe, p0 + s);
+        }
+        cache.append(layer, &kv);
+        let total = p0 + t; // T
+        let cached = cache.rows(layer, total); // [T, c + r]
+
+        let mut out = vec![0.0f32; t * h * vd]; // [t, h, v]
+        match self.mla {
+            MlaImpl::Naive => {
+                // Decompress every cached latent: [T, h, n + v].
+                let latents: Vec<f32> = cached.chunks_exact(ld).flat_map(|r| &r[..cd]).copied().collect();
+                let mut kvb = vec![0.0f32; total * h * (nd + vd)];
+                matmul(&mut kvb, &latents, &a.kv_b, total);
+                out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
+                    let (s, head) = (idx / h, idx % h);
+                    let q_h = &q[(s * h + head) * qk..][..qk];
+                    let visible = p0 + s + 1; // causal: keys 0..=p0+s
+                    let mut scores: Vec<f32> = (0..visible)
+                        .map(|j| {
+                            let k = &kvb[(j * h + head) * (nd + vd)..][..nd];
+                            let pe = &cached[j * ld + cd..][..rd];
+                            (dot(&q_h[..nd], k) + dot(&q_h[nd..], pe)) * self.softmax_scale
+                        })
+                        .collect();
+                    softmax(&mut scores);
+                    for (j, &p) in scores.iter().enumerate() {
+                        axpy(o, p, &kvb[(j * h + head) * (nd + vd) + nd..][..vd]);
+                    }
+                });
+            }
+            MlaImpl::Absorbed => {
+                let wkv_b = a.kv_b_dense.as_deref().expect("absorbed MLA keeps a dense kv_b");
+                out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
+                    let (s, head) = (idx / h, idx % h);
+                    let q_h = &q[(s * h + head) * qk..][..qk];
+                    let w_uk = &wkv_b[head * (nd + vd) * cd..][..nd * cd]; // [n, c]
+                    let w_uv = &wkv_b[(head * (nd + vd) + nd) * cd..][..vd * cd]; // [v, c]
+                    // q_abs = W_UKᵀ · q_nope: [c].
+                    let mut q_abs = vec![0.0f32; cd];
+                    for (i, &qn) in q_h[..nd].iter().enumerate() {
+                        axpy(&mut q_abs, qn, &w_uk[i * cd..][..cd]);
+                    }
+                    let visible = p0 + s + 1;
+                    let mut scores: Vec<f32> = (0..visible)
+                        .map(|j| {
+                            let row = &cached[j * ld..][..ld];
+                            (dot(&q_abs, &row[..cd]) + dot(&q_h[nd..], &row[cd..])) * self.softmax_scale
+                        })
+                        .collect();
+                    softmax(&mut scores);
+                    // o_lat = Σ p·c_KV: [c]; o = W_UV · o_lat: [v].
+                    let mut o_lat = vec![0.0f32; cd];
+                    for (j, &p) in scores.iter().enumerate() {
+                        axpy(&mut o_lat, p, &cached[j * ld..][..cd]);
+                    }
+                    for (i, oi) in o.iter_mut().enumerate() {
+                        *oi = dot(&w_uv[i * cd..][..cd], &o_lat);
+                    }
+                });
+            }
+        }
+        let mut y = vec![0.0f32; t * c.hidden_size];
+        matmul(&mut y, &out, &a.o, t);
+        y
+    }
+
+    /// DeepSeekMoE: routed experts weighted by the router plus the shared experts.
+    fn moe(&self, m: &Moe, x: &[f32], t: usize) -> Vec<f32> {
+        let cfg = self.config.moe.as_ref().expect("MoE layer without MoE config");
+        let (d, e) = (self.config.hidden_size, cfg.n_routed_experts);
+        let mut logits = vec![0.0f32; t * e]; // [t, e], f32 router
+        matmul(&mut logits, x, &m.router, t);
+        // Tokens per expert with their weights, so each expert runs once per step.
+        let mut assigned: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
+        for (s, row) in logits.chunks_exact(e).enumerate() {
+            for (expert, weight) in route(cfg, row, m.bias.as_deref()) {
+                assigned[expert].push((s, weight));
+            }
+        }
+        let mut y = vec![0.0f32; t * d];
+        for (expert, tokens) in assigned.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+            let xs: Vec<f32> = tokens.iter().flat_map(|&(s, _)| &x[s * d..(s + 1) * d]).copied().collect();
+            let out = m.experts[expert].forward(&xs, tokens.len());
+            for (&(s, weight), o) in tokens.iter().zip(out.chunks_exact(d)) {
+                axpy(&mut y[s * d..(s + 1) * d], weight, o);
+            }
+        }
+        if let Some(shared) = &m.shared {
+            axpy(&mut y, 1.0, &shared.forward(x, t));
+        }
+        y
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let width = self.gate.rows;
+        let mut g = vec![0.0f32; t * width];
+        let mut u = vec![0.0f32; t * width];
+        matmul(&mut g, x, &self.gate, t);
+        matmul(&mut u, x, &self.up, t);
+        swiglu(&mut g, &u);
+        let mut y = vec![0.0f32; t * self.down.rows];
+        matmul(&mut y, &g, &self.down, t);
+        y
+    }
+}
+
+/// Chooses `num_experts_per_tok` experts for one token from its router logits and returns
+/// `(expert, weight)` pairs (SPEC §5.2–5.3, pitfalls §10.3–10.5).
+pub fn route(cfg: &crate::config::Moe, logits: &[f32], bias: Option<&[f32]>) -> Vec<(usize, f32)> {
+    let e = logits.len();
+    let mut scores = logits.to_vec();
+    match cfg.scoring_func {
+        ScoringFunc::Softmax => softmax(&mut scores),
+        ScoringFunc::Sigmoid => scores.iter_mut().for_each(|s| *s = sigmoid(*s)),
+    }
+    // Selection scores: bias-corrected for noaux_tc; the weights use the plain scores.
+    let mut choice = scores.clone();
+    if let (TopkMethod::NoauxTc, Some(b)) = (cfg.topk_method, bias) {
+        choice.iter_mut().zip(b).for_each(|(c, b)| *c += b);
+    }
+    if cfg.topk_method != TopkMethod::Greedy && cfg.n_group > 1 {
+        let per = e / cfg.n_group;
+        let group_score: Vec<f32> = choice
+            .chunks_exact(per)
+            .map(|g| match cfg.topk_method {
+                // V2: the group's best expert; V3: its two best, summed.
+                TopkMethod::GroupLimitedGreedy => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                _ => top_k(g, 2).iter().map(|&i| g[i]).sum(),
+            })
+            .collect();
+        let keep = top_k(&group_score, cfg.topk_group);
+        for (gi, g) in choice.chunks_exact_mut(per).enumerate() {
+            if !keep.contains(&gi) {
+                g.fill(f32::NEG_INFINITY);
+            }
+        }
+    }
+    let chosen = top_k(&choice, cfg.num_experts_per_tok);
+    let mut weights: Vec<f32> = chosen.iter().map(|&i| scores[i]).collect();
+    // transformers' V2 (softmax) router never renormalises; V3's does when asked.
+    if cfg.norm_topk_prob && cfg.scoring_func == ScoringFunc::Sigmoid {
+        let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
+        weights.iter_mut().for_each(|w| *w /= sum);
+    }
+    chosen
+        .into_iter()
+        .zip(weights)
+        .map(|(i, w)| (i, w * cfg.routed_scaling_factor))
+        .collect()
+}
+
+/// Indices of the `k` largest values (ties broken towards the lower index).
+fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Moe as MoeCfg;
+
+    fn cfg(method: TopkMethod, scoring: ScoringFunc, n_group: usize, topk_group: usize) -> MoeCfg {
+        MoeCfg {
+            n_routed_experts: 8,
+            num_experts_per_tok: 2,
+            n_shared_experts: 1,
+            moe_intermediate_size: 4,
+            topk_method: method,
+            scoring_func: scoring,
+            n_group,
+            topk_group,
+            norm_topk_prob: true,
+            routed_scaling_factor: 2.0,
+            first_k_dense_replace: 0,
+            moe_layer_freq: 1,
+        }
+    }
+
+    fn experts(r: &[(usize, f32)]) -> Vec<usize> {
+        let mut v: Vec<usize> = r.iter().map(|p| p.0).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn group_limited_ranks_groups_by_their_best_expert() {
+        // Groups of 2: {0,1} best 3.0, {2,3} best 2.9 (pair sum larger), {4,5}, {6,7}.
+        let logits = [3.0, -5.0, 2.9, 2.8, 0.0, 0.0, 0.0, 0.0];
+        let c = cfg(TopkMethod::GroupLimitedGreedy, ScoringFunc::Softmax, 4, 1);
+        assert_eq!(experts(&route(&c, &logits, None)), vec![0, 1]);
+        // V3's top-2 sum prefers group {2,3}.
+        let c = cfg(TopkMethod::NoauxTc, ScoringFunc::Sigmoid, 4, 1);
+        assert_eq!(experts(&route(&c, &logits, Some(&[0.0; 8]))), vec![2, 3]);
+    }
+
+    #[test]
+    fn noaux_bias_selects_but_does_not_weight() {
+        let logits = [0.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let mut bias = [0.0f32; 8];
+        bias[7] = 10.0;
+        let c = cfg(TopkMethod::NoauxTc, ScoringFunc::Sigmoid, 1, 1);
+        let r = route(&c, &logits, Some(&bias));
+        assert_eq!(experts(&r), vec![1, 7]);
+        let (s1, s7) = (sigmoid(1.0), sigmoid(0.0));
+        let w7 = r.iter().find(|p| p.0 == 7).unwrap().1;
+        assert!((w7 - 2.0 * s7 / (s1 + s7)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_router_is_not_renormalised() {
+        let logits = [2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let c = cfg(TopkMethod::Greedy, ScoringFunc::Softmax, 1, 1);
+        let r = route(&c, &logits, None);
+        let mut p = logits.to_vec();
+        softmax(&mut p);
+        assert!((r[0].1 - 2.0 * p[0]).abs() < 1e-6);
+    }
+}

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod deepseek;
 pub mod error;
+pub mod params;
 pub mod rope;
 pub mod sampling;
 

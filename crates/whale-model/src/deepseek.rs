@@ -88,6 +88,14 @@ struct Block {
     ffn: Ffn,
 }
 
+/// One sequence's share of a batched step: new tokens, the sequence's cache, and which
+/// positions need logits.
+pub struct Step<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut LatentCache,
+    pub logits: Logits,
+}
+
 /// Which positions of a step need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -203,34 +211,42 @@ impl Model {
     /// Runs `tokens` at positions `cache.len()..`, appends their latents to the cache and
     /// returns logits `[t, vocab]` (or `[1, vocab]` for [`Logits::Last`]).
     pub fn forward(&self, tokens: &[u32], cache: &mut LatentCache, want: Logits) -> Result<Vec<f32>> {
+        let mut steps = [Step { tokens, cache, logits: want }];
+        Ok(self.forward_batch(&mut steps)?.pop().unwrap_or_default())
+    }
+
+    /// One step of several independent sequences at once. Their tokens go through every
+    /// projection and expert together, so concurrent sequences share each weight read;
+    /// attention stays per sequence, over its own cache. Returns each step's logits.
+    pub fn forward_batch(&self, steps: &mut [Step]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
-        if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= c.vocab_size) {
-            return Err(ModelError::Input(format!(
-                "token id {id} at position {i} is out of range: vocab_size is {}",
-                c.vocab_size
-            )));
+        for step in steps.iter() {
+            if let Some((i, &id)) = step.tokens.iter().enumerate().find(|(_, &id)| id as usize >= c.vocab_size) {
+                return Err(ModelError::Input(format!(
+                    "token id {id} at position {i} is out of range: vocab_size is {}",
+                    c.vocab_size
+                )));
+            }
+            if step.cache.len() + step.tokens.len() > step.cache.capacity() {
+                return Err(ModelError::Input(format!(
+                    "{} tokens after {} cached exceed the context of {} tokens",
+                    step.tokens.len(),
+                    step.cache.len(),
+                    step.cache.capacity()
+                )));
+            }
         }
-        if cache.len() + tokens.len() > cache.capacity() {
-            return Err(ModelError::Input(format!(
-                "{} tokens after {} cached exceed the context of {} tokens",
-                tokens.len(),
-                cache.len(),
-                cache.capacity()
-            )));
-        }
-        let (t, d) = (tokens.len(), c.hidden_size);
-        if t == 0 {
-            return Ok(Vec::new());
-        }
+        let d = c.hidden_size;
+        let t: usize = steps.iter().map(|s| s.tokens.len()).sum(); // all tokens of the batch
         let mut hidden = vec![0.0f32; t * d]; // [t, d]
-        for (row, &id) in hidden.chunks_exact_mut(d).zip(tokens) {
+        for (row, &id) in hidden.chunks_exact_mut(d).zip(steps.iter().flat_map(|s| s.tokens)) {
             self.embed.row_into(id as usize, row);
         }
         let mut x = vec![0.0f32; t * d];
         for (i, layer) in self.layers.iter().enumerate() {
             x.copy_from_slice(&hidden);
             rms_norm_rows(&mut x, &layer.attn_norm, c.rms_norm_eps);
-            let attn = self.attention(i, &layer.attn, &x, cache); // [t, d]
+            let attn = self.attention(i, &layer.attn, &x, steps); // [t, d]
             axpy(&mut hidden, 1.0, &attn);
             x.copy_from_slice(&hidden);
             rms_norm_rows(&mut x, &layer.ffn_norm, c.rms_norm_eps);
@@ -240,20 +256,38 @@ impl Model {
             };
             axpy(&mut hidden, 1.0, &y);
         }
-        cache.commit(t);
-        let rows = match want {
-            Logits::All => &mut hidden[..],
-            Logits::Last => &mut hidden[(t - 1) * d..],
-        };
-        rms_norm_rows(rows, &self.norm, c.rms_norm_eps);
+        // Rows that need logits, normalised and projected in one matmul.
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(steps.len());
+        let mut start = 0;
+        for step in steps.iter_mut() {
+            let n = step.tokens.len();
+            step.cache.commit(n);
+            let keep = match step.logits {
+                Logits::All => start..start + n,
+                Logits::Last => (start + n).saturating_sub(1).max(start)..start + n,
+            };
+            counts.push(keep.len());
+            rows.extend_from_slice(&hidden[keep.start * d..keep.end * d]);
+            start += n;
+        }
+        rms_norm_rows(&mut rows, &self.norm, c.rms_norm_eps);
         let n = rows.len() / d;
         let mut logits = vec![0.0f32; n * c.vocab_size];
-        matmul(&mut logits, rows, &self.head, n);
-        Ok(logits)
+        matmul(&mut logits, &rows, &self.head, n);
+        let mut out = Vec::with_capacity(steps.len());
+        let mut rest = &logits[..];
+        for k in counts {
+            let (mine, tail) = rest.split_at(k * c.vocab_size);
+            out.push(mine.to_vec());
+            rest = tail;
+        }
+        Ok(out)
     }
 
-    /// Multi-head latent attention for one layer; appends this step's latents to the cache.
-    fn attention(&self, layer: usize, a: &Mla, x: &[f32], cache: &mut LatentCache) -> Vec<f32> {
+    /// Multi-head latent attention for one layer over a batch of sequence steps; appends
+    /// each step's latents to its cache.
+    fn attention(&self, layer: usize, a: &Mla, x: &[f32], steps: &mut [Step]) -> Vec<f32> {
         let c = &self.config;
         let t = x.len() / c.hidden_size;
         let (h, nd, rd, vd, cd) = (
@@ -263,10 +297,9 @@ impl Model {
             c.v_head_dim,
             c.kv_lora_rank,
         );
-        let qk = nd + rd;
-        let p0 = cache.len();
+        let (qk, ld) = (nd + rd, cd + rd);
 
-        // Query: [t, h, n + r].
+        // Query: [t, h, n + r]; latent: [t, c + r].
         let mut q = vec![0.0f32; t * h * qk];
         match &a.q {
             QProj::Plain(wq) => matmul(&mut q, x, wq, t),
@@ -277,83 +310,113 @@ impl Model {
                 matmul(&mut q, &cq, wb, t);
             }
         }
-        for (s, q_s) in q.chunks_exact_mut(h * qk).enumerate() {
-            for q_h in q_s.chunks_exact_mut(qk) {
-                self.rope.apply(&mut q_h[nd..], p0 + s);
-            }
-        }
-
-        // Latent: [t, c + r] → normalised c_KV and rotated k_pe, cached.
-        let ld = cd + rd;
         let mut kv = vec![0.0f32; t * ld];
         matmul(&mut kv, x, &a.kv_a, t);
-        for (s, row) in kv.chunks_exact_mut(ld).enumerate() {
-            let (lat, pe) = row.split_at_mut(cd);
-            rms_norm_rows(lat, &a.kv_norm, LATENT_NORM_EPS);
-            self.rope.apply(pe, p0 + s);
-        }
-        cache.append(layer, &kv);
-        let total = p0 + t; // T
-        let cached = cache.rows(layer, total); // [T, c + r]
 
         let mut out = vec![0.0f32; t * h * vd]; // [t, h, v]
-        match self.mla {
-            MlaImpl::Naive => {
-                // Decompress every cached latent: [T, h, n + v].
-                let latents: Vec<f32> = cached.chunks_exact(ld).flat_map(|r| &r[..cd]).copied().collect();
-                let mut kvb = vec![0.0f32; total * h * (nd + vd)];
-                matmul(&mut kvb, &latents, &a.kv_b, total);
-                out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
-                    let (s, head) = (idx / h, idx % h);
-                    let q_h = &q[(s * h + head) * qk..][..qk];
-                    let visible = p0 + s + 1; // causal: keys 0..=p0+s
-                    let mut scores: Vec<f32> = (0..visible)
-                        .map(|j| {
-                            let k = &kvb[(j * h + head) * (nd + vd)..][..nd];
-                            let pe = &cached[j * ld + cd..][..rd];
-                            (dot(&q_h[..nd], k) + dot(&q_h[nd..], pe)) * self.softmax_scale
-                        })
-                        .collect();
-                    softmax(&mut scores);
-                    for (j, &p) in scores.iter().enumerate() {
-                        axpy(o, p, &kvb[(j * h + head) * (nd + vd) + nd..][..vd]);
-                    }
-                });
+        let mut start = 0;
+        for step in steps.iter_mut() {
+            let n = step.tokens.len();
+            let p0 = step.cache.len();
+            let q = &mut q[start * h * qk..(start + n) * h * qk];
+            for (s, q_s) in q.chunks_exact_mut(h * qk).enumerate() {
+                for q_h in q_s.chunks_exact_mut(qk) {
+                    self.rope.apply(&mut q_h[nd..], p0 + s);
+                }
             }
-            MlaImpl::Absorbed => {
-                let wkv_b = a.kv_b_dense.as_deref().expect("absorbed MLA keeps a dense kv_b");
-                out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
-                    let (s, head) = (idx / h, idx % h);
-                    let q_h = &q[(s * h + head) * qk..][..qk];
-                    let w_uk = &wkv_b[head * (nd + vd) * cd..][..nd * cd]; // [n, c]
-                    let w_uv = &wkv_b[(head * (nd + vd) + nd) * cd..][..vd * cd]; // [v, c]
-                    // q_abs = W_UKᵀ · q_nope: [c].
-                    let mut q_abs = vec![0.0f32; cd];
-                    for (i, &qn) in q_h[..nd].iter().enumerate() {
-                        axpy(&mut q_abs, qn, &w_uk[i * cd..][..cd]);
-                    }
-                    let visible = p0 + s + 1;
-                    let mut scores: Vec<f32> = (0..visible)
-                        .map(|j| {
-                            let row = &cached[j * ld..][..ld];
-                            (dot(&q_abs, &row[..cd]) + dot(&q_h[nd..], &row[cd..])) * self.softmax_scale
-                        })
-                        .collect();
-                    softmax(&mut scores);
-                    // o_lat = Σ p·c_KV: [c]; o = W_UV · o_lat: [v].
-                    let mut o_lat = vec![0.0f32; cd];
-                    for (j, &p) in scores.iter().enumerate() {
-                        axpy(&mut o_lat, p, &cached[j * ld..][..cd]);
-                    }
-                    for (i, oi) in o.iter_mut().enumerate() {
-                        *oi = dot(&w_uv[i * cd..][..cd], &o_lat);
-                    }
-                });
+            // Cache the normalised latent c_KV and the rotated shared key k_pe.
+            let kv = &mut kv[start * ld..(start + n) * ld];
+            for (s, row) in kv.chunks_exact_mut(ld).enumerate() {
+                let (lat, pe) = row.split_at_mut(cd);
+                rms_norm_rows(lat, &a.kv_norm, LATENT_NORM_EPS);
+                self.rope.apply(pe, p0 + s);
             }
+            step.cache.append(layer, kv);
+            let cached = step.cache.rows(layer, p0 + n); // [T, c + r]
+            let out = &mut out[start * h * vd..(start + n) * h * vd];
+            match self.mla {
+                MlaImpl::Naive => self.attend_naive(a, q, cached, p0, out),
+                MlaImpl::Absorbed => self.attend_absorbed(a, q, cached, p0, out),
+            }
+            start += n;
         }
         let mut y = vec![0.0f32; t * c.hidden_size];
         matmul(&mut y, &out, &a.o, t);
         y
+    }
+
+    /// Naive MLA: decompress per-head keys and values from every cached latent.
+    /// `q`: [s, h, n + r] of one sequence at positions `p0..`; `out`: [s, h, v].
+    fn attend_naive(&self, a: &Mla, q: &[f32], cached: &[f32], p0: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let (h, nd, rd, vd, cd) = (
+            c.num_attention_heads,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
+        let (qk, ld) = (nd + rd, cd + rd);
+        let total = cached.len() / ld; // T
+        let latents: Vec<f32> = cached.chunks_exact(ld).flat_map(|r| &r[..cd]).copied().collect();
+        let mut kvb = vec![0.0f32; total * h * (nd + vd)]; // [T, h, n + v]
+        matmul(&mut kvb, &latents, &a.kv_b, total);
+        out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
+            let (s, head) = (idx / h, idx % h);
+            let q_h = &q[(s * h + head) * qk..][..qk];
+            let visible = p0 + s + 1; // causal: keys 0..=p0+s
+            let mut scores: Vec<f32> = (0..visible)
+                .map(|j| {
+                    let k = &kvb[(j * h + head) * (nd + vd)..][..nd];
+                    let pe = &cached[j * ld + cd..][..rd];
+                    (dot(&q_h[..nd], k) + dot(&q_h[nd..], pe)) * self.softmax_scale
+                })
+                .collect();
+            softmax(&mut scores);
+            for (j, &p) in scores.iter().enumerate() {
+                axpy(o, p, &kvb[(j * h + head) * (nd + vd) + nd..][..vd]);
+            }
+        });
+    }
+
+    /// Absorbed MLA: `q_abs = W_UKᵀ·q_nope` attends over the latents directly (MQA with
+    /// key width c + r and value width c), then `W_UV` maps the result back per head.
+    fn attend_absorbed(&self, a: &Mla, q: &[f32], cached: &[f32], p0: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let (h, nd, rd, vd, cd) = (
+            c.num_attention_heads,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
+        let (qk, ld) = (nd + rd, cd + rd);
+        let wkv_b = a.kv_b_dense.as_deref().expect("absorbed MLA keeps a dense kv_b");
+        out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
+            let (s, head) = (idx / h, idx % h);
+            let q_h = &q[(s * h + head) * qk..][..qk];
+            let w_uk = &wkv_b[head * (nd + vd) * cd..][..nd * cd]; // [n, c]
+            let w_uv = &wkv_b[(head * (nd + vd) + nd) * cd..][..vd * cd]; // [v, c]
+            let mut q_abs = vec![0.0f32; cd]; // [c]
+            for (i, &qn) in q_h[..nd].iter().enumerate() {
+                axpy(&mut q_abs, qn, &w_uk[i * cd..][..cd]);
+            }
+            let visible = p0 + s + 1;
+            let mut scores: Vec<f32> = (0..visible)
+                .map(|j| {
+                    let row = &cached[j * ld..][..ld];
+                    (dot(&q_abs, &row[..cd]) + dot(&q_h[nd..], &row[cd..])) * self.softmax_scale
+                })
+                .collect();
+            softmax(&mut scores);
+            let mut o_lat = vec![0.0f32; cd]; // Σ p·c_KV: [c]
+            for (j, &p) in scores.iter().enumerate() {
+                axpy(&mut o_lat, p, &cached[j * ld..][..cd]);
+            }
+            for (i, oi) in o.iter_mut().enumerate() {
+                *oi = dot(&w_uv[i * cd..][..cd], &o_lat);
+            }
+        });
     }
 
     /// DeepSeekMoE: routed experts weighted by the router plus the shared experts.

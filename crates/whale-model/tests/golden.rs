@@ -168,3 +168,28 @@ fn naive_and_absorbed_agree() {
         assert!(diff <= LOGIT_TOL_STD * std_dev(&r.logits), "{}: {diff}", dir.display());
     }
 }
+
+#[test]
+fn batched_sequences_equal_separate_runs() {
+    use whale_model::Step;
+    for dir in checkpoints() {
+        let r = reference(&dir);
+        let model = Model::load(&dir, MlaImpl::Absorbed).unwrap();
+        let ctx = model.config.max_position_embeddings;
+        let (a, b) = r.prompt_ids.split_at(r.prompt_ids.len() / 3);
+        let alone = |ids: &[u32]| {
+            let mut cache = model.new_cache(ctx);
+            model.forward(ids, &mut cache, Logits::All).unwrap()
+        };
+        let (mut ca, mut cb) = (model.new_cache(ctx), model.new_cache(ctx));
+        let mut steps = [
+            Step { tokens: a, cache: &mut ca, logits: Logits::All },
+            Step { tokens: b, cache: &mut cb, logits: Logits::All },
+        ];
+        let out = model.forward_batch(&mut steps).unwrap();
+        let tol = STEP_TOL_STD * std_dev(&r.logits);
+        assert!(max_abs_diff(&out[0], &alone(a)) <= tol, "{}", dir.display());
+        assert!(max_abs_diff(&out[1], &alone(b)) <= tol, "{}", dir.display());
+        assert_eq!((ca.len(), cb.len()), (a.len(), b.len()));
+    }
+}

@@ -48,6 +48,36 @@ impl LatentCache {
         self.truncate(0);
     }
 
+    pub fn latent_dim(&self) -> usize {
+        self.latent_dim
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Copies positions `range` of every layer, `[layer][position × latent_dim]` (for a
+    /// prefix cache to keep).
+    pub fn export(&self, range: std::ops::Range<usize>) -> Vec<Vec<f32>> {
+        assert!(range.end <= self.len, "export past the cached positions");
+        let span = range.start * self.latent_dim..range.end * self.latent_dim;
+        self.layers.iter().map(|l| l[span.clone()].to_vec()).collect()
+    }
+
+    /// Appends positions exported by [`LatentCache::export`] (same model, same order);
+    /// returns how many were added.
+    pub fn import(&mut self, per_layer: &[Vec<f32>]) -> usize {
+        assert_eq!(per_layer.len(), self.layers.len(), "one slice per layer");
+        let n = per_layer[0].len() / self.latent_dim;
+        assert!(self.len + n <= self.capacity, "import past the capacity");
+        for (layer, rows) in per_layer.iter().enumerate() {
+            assert_eq!(rows.len(), n * self.latent_dim, "same positions in every layer");
+            self.append(layer, rows);
+        }
+        self.commit(n);
+        n
+    }
+
     /// Cached rows `0..n` of `layer`.
     pub(crate) fn rows(&self, layer: usize, n: usize) -> &[f32] {
         &self.layers[layer][..n * self.latent_dim]

@@ -1,12 +1,23 @@
 //! Tensors, dtypes and compute kernels for whale.
 //!
 //! The model crate never names a storage dtype: a weight matrix is a [`Weight`], and
-//! [`matmul`] is the one place that looks at how it is stored. The element-wise kernels
-//! ([`ops`]) work on `f32` activations.
+//! [`matmul`] is the one place that looks at how it is stored. Block-quantized formats
+//! ([`quant`]) are GGUF's; their dot products ([`kernels`]) have a scalar reference and AVX2
+//! versions chosen at run time. The element-wise kernels ([`ops`]) work on `f32` activations.
 
 pub mod dtype;
+pub mod error;
+pub mod kernels;
+mod matmul;
 pub mod ops;
+pub mod quant;
+pub mod threads;
 pub mod weight;
 
 pub use dtype::DType;
-pub use weight::{matmul, Weight, WeightData};
+pub use error::TensorError;
+pub use kernels::Isa;
+pub use matmul::{matmul, matmul_with};
+pub use quant::QuantType;
+pub use threads::set_threads;
+pub use weight::{Weight, WeightData};

@@ -1,23 +1,9 @@
 //! Element-wise and reduction kernels on `f32` activations.
 
-/// Dot product with eight independent accumulators, so the compiler can keep them in
-/// one SIMD register without reassociating a single running sum.
+/// `a · b`, with AVX2/FMA where the CPU has it ([`crate::kernels`]).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f32; 8];
-    let (ac, ar) = a.split_at(a.len() / 8 * 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (x, y) in ar.iter().zip(br) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    crate::kernels::dot_f32(a, b)
 }
 
 /// `out = w ⊙ x / sqrt(mean(x²) + eps)`, one row.

@@ -1,18 +1,22 @@
-//! Weight matrices in their storage dtype, and the matmul that is the only place
-//! where the storage dtype matters.
+//! Weight matrices in their storage dtype: float, FP8 block-scaled or GGUF block-quantized.
 //!
-//! Weights are row-major `[rows = out_features, cols = in_features]` as PyTorch stores
-//! them, so `y = x · Wᵀ`: each output element is a dot product of an input row with a
-//! weight row. A row is decoded to `f32` once and reused for every token of the step.
+//! Weights are row-major `[rows = out_features, cols = in_features]` as PyTorch and GGUF store
+//! them, so `y = x · Wᵀ`: each output element is a dot product of an input row with a weight
+//! row. [`crate::matmul`] is the one place that looks at how a weight is stored.
+
+use std::mem::size_of;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::dtype::FP8_E4M3_LUT;
-use crate::ops::dot;
+use crate::error::TensorError;
+use crate::quant::{self, ggml_type, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, GgmlType, QuantType};
+
+pub use crate::matmul::matmul;
 
 /// How a weight's elements are stored.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum WeightData {
     F32(Vec<f32>),
     F16(Vec<f16>),
@@ -24,10 +28,15 @@ pub enum WeightData {
         scales: Vec<f32>,
         block: [usize; 2],
     },
+    /// GGUF block formats: `rows · cols / BLOCK` blocks, each row starting a new block.
+    Q8_0(Vec<BlockQ8_0>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q4K(Vec<BlockQ4K>),
+    Q6K(Vec<BlockQ6K>),
 }
 
 /// A `[rows, cols]` matrix in its storage dtype.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Weight {
     pub rows: usize,
     pub cols: usize,
@@ -35,8 +44,13 @@ pub struct Weight {
 }
 
 impl Weight {
-    /// Builds a weight, checking that the element count matches the shape.
+    /// Builds a weight, checking that the element count matches the shape (and, for block
+    /// formats, that each row is a whole number of blocks).
     pub fn new(rows: usize, cols: usize, data: WeightData) -> Self {
+        fn blocks<B: GgmlType>(v: &[B], cols: usize) -> usize {
+            assert_eq!(cols % B::BLOCK, 0, "{} rows must be whole blocks", B::NAME);
+            v.len() * B::BLOCK
+        }
         let len = match &data {
             WeightData::F32(v) => v.len(),
             WeightData::F16(v) => v.len(),
@@ -50,6 +64,10 @@ impl Weight {
                 assert_eq!(scales.len(), scale_len, "fp8 scale count");
                 values.len()
             }
+            WeightData::Q8_0(v) => blocks(v, cols),
+            WeightData::Q4_0(v) => blocks(v, cols),
+            WeightData::Q4K(v) => blocks(v, cols),
+            WeightData::Q6K(v) => blocks(v, cols),
         };
         assert_eq!(len, rows * cols, "weight element count");
         Weight { rows, cols, data }
@@ -59,6 +77,109 @@ impl Weight {
         Weight::new(rows, cols, WeightData::F32(values))
     }
 
+    /// Builds a weight from a GGUF tensor's raw bytes (`ne[0] = cols`, `ne[1] = rows`).
+    ///
+    /// The bytes are copied into an owned, aligned `Vec` (a bytewise copy for block formats, no
+    /// conversion); borrowing them from the mmap instead is left for later.
+    pub fn from_gguf_bytes(ggml: u32, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, TensorError> {
+        fn check(dtype: &'static str, rows: usize, cols: usize, expected: usize, got: usize) -> Result<(), TensorError> {
+            if expected == got {
+                Ok(())
+            } else {
+                Err(TensorError::ByteLength {
+                    dtype,
+                    rows,
+                    cols,
+                    expected,
+                    got,
+                })
+            }
+        }
+        fn blocks<B: GgmlType>(rows: usize, cols: usize, bytes: &[u8]) -> Result<Vec<B>, TensorError> {
+            if cols % B::BLOCK != 0 {
+                return Err(TensorError::BlockMisfit {
+                    quant: B::NAME,
+                    block: B::BLOCK,
+                    rows,
+                    cols,
+                });
+            }
+            check(B::NAME, rows, cols, rows * cols / B::BLOCK * size_of::<B>(), bytes.len())?;
+            Ok(quant::blocks_from_bytes(bytes))
+        }
+        let n = rows * cols;
+        let data = match ggml {
+            ggml_type::F32 => {
+                check("f32", rows, cols, n * 4, bytes.len())?;
+                WeightData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
+            ggml_type::F16 => {
+                check("f16", rows, cols, n * 2, bytes.len())?;
+                WeightData::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect())
+            }
+            ggml_type::BF16 => {
+                check("bf16", rows, cols, n * 2, bytes.len())?;
+                WeightData::Bf16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect())
+            }
+            ggml_type::Q8_0 => WeightData::Q8_0(blocks(rows, cols, bytes)?),
+            ggml_type::Q4_0 => WeightData::Q4_0(blocks(rows, cols, bytes)?),
+            ggml_type::Q4_K => WeightData::Q4K(blocks(rows, cols, bytes)?),
+            ggml_type::Q6_K => WeightData::Q6K(blocks(rows, cols, bytes)?),
+            other => return Err(TensorError::UnsupportedGgmlType(other)),
+        };
+        Ok(Weight::new(rows, cols, data))
+    }
+
+    /// Converts to `target`, from any storage: each row is decoded to `f32` and re-encoded with
+    /// ggml's reference quantizer (rows in parallel). Errors if a row is not a whole number of
+    /// the target's blocks (e.g. 1408- or 10944-wide rows in a 256-value K-quant).
+    pub fn quantize(&self, target: QuantType) -> Result<Weight, TensorError> {
+        let (rows, cols) = (self.rows, self.cols);
+        if !target.fits(cols) {
+            return Err(TensorError::BlockMisfit {
+                quant: target.name(),
+                block: target.block_size(),
+                rows,
+                cols,
+            });
+        }
+        let data = match target {
+            QuantType::F32 => WeightData::F32(self.to_f32()),
+            QuantType::Bf16 => WeightData::Bf16(self.map_rows(bf16::ZERO, 1, |row, out| {
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = bf16::from_f32(v);
+                }
+            })),
+            QuantType::Q8_0 => WeightData::Q8_0(self.quantize_rows()),
+            QuantType::Q4_0 => WeightData::Q4_0(self.quantize_rows()),
+            QuantType::Q4K => WeightData::Q4K(self.quantize_rows()),
+            QuantType::Q6K => WeightData::Q6K(self.quantize_rows()),
+        };
+        Ok(Weight::new(rows, cols, data))
+    }
+
+    fn quantize_rows<B: GgmlType>(&self) -> Vec<B> {
+        match &self.data {
+            WeightData::F32(v) => quant::quantize_matrix(v, self.cols),
+            _ => self.map_rows(quant::blank::<B>(), B::BLOCK, |row, out| B::quantize(row, out)),
+        }
+    }
+
+    /// Decodes each row to `f32` and encodes it with `f` into `cols / per` elements of `T`.
+    fn map_rows<T: Copy + Send>(&self, zero: T, per: usize, f: impl Fn(&[f32], &mut [T]) + Sync) -> Vec<T> {
+        let per_row = self.cols / per;
+        let mut out = vec![zero; self.rows * per_row];
+        if per_row > 0 {
+            out.par_chunks_mut(per_row)
+                .enumerate()
+                .for_each_init(|| vec![0.0f32; self.cols], |buf, (r, dst)| {
+                    self.row_into(r, buf);
+                    f(buf, dst);
+                });
+        }
+        out
+    }
+
     /// Short name of the storage type, for messages and `inspect`.
     pub fn storage_name(&self) -> &'static str {
         match self.data {
@@ -66,16 +187,24 @@ impl Weight {
             WeightData::F16(_) => "f16",
             WeightData::Bf16(_) => "bf16",
             WeightData::Fp8Block { .. } => "fp8-block",
+            WeightData::Q8_0(_) => BlockQ8_0::NAME,
+            WeightData::Q4_0(_) => BlockQ4_0::NAME,
+            WeightData::Q4K(_) => BlockQ4K::NAME,
+            WeightData::Q6K(_) => BlockQ6K::NAME,
         }
     }
 
-    /// Bytes the weight occupies in memory.
+    /// Bytes the weight occupies in memory (for block formats, exactly its GGUF size).
     pub fn storage_bytes(&self) -> usize {
         match &self.data {
             WeightData::F32(v) => v.len() * 4,
             WeightData::F16(v) => v.len() * 2,
             WeightData::Bf16(v) => v.len() * 2,
             WeightData::Fp8Block { values, scales, .. } => values.len() + scales.len() * 4,
+            WeightData::Q8_0(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q4_0(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q4K(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q6K(v) => std::mem::size_of_val(v.as_slice()),
         }
     }
 
@@ -83,6 +212,10 @@ impl Weight {
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), self.cols);
         let span = r * self.cols..(r + 1) * self.cols;
+        fn row<B: GgmlType>(v: &[B], r: usize, cols: usize, out: &mut [f32]) {
+            let per_row = cols / B::BLOCK;
+            B::dequantize(&v[r * per_row..(r + 1) * per_row], out);
+        }
         match &self.data {
             WeightData::F32(v) => out.copy_from_slice(&v[span]),
             WeightData::F16(v) => decode(&v[span], out, f16::to_f32),
@@ -97,6 +230,10 @@ impl Weight {
                     *o = FP8_E4M3_LUT[q as usize] * scale_row[j / block[1]];
                 }
             }
+            WeightData::Q8_0(v) => row(v, r, self.cols, out),
+            WeightData::Q4_0(v) => row(v, r, self.cols, out),
+            WeightData::Q4K(v) => row(v, r, self.cols, out),
+            WeightData::Q6K(v) => row(v, r, self.cols, out),
         }
     }
 
@@ -108,69 +245,11 @@ impl Weight {
         }
         out
     }
-
-    /// Row `r` borrowed directly when stored as `f32`.
-    fn f32_row(&self, r: usize) -> Option<&[f32]> {
-        match &self.data {
-            WeightData::F32(v) => Some(&v[r * self.cols..(r + 1) * self.cols]),
-            _ => None,
-        }
-    }
 }
 
 fn decode<T: Copy>(src: &[T], out: &mut [f32], f: impl Fn(T) -> f32) {
     for (o, &s) in out.iter_mut().zip(src) {
         *o = f(s);
-    }
-}
-
-/// Rows of the weight handled by one parallel task: large enough to amortise the
-/// task, small enough to balance two to sixteen cores on the narrowest matrices.
-const ROWS_PER_TASK: usize = 16;
-
-/// `out[t, rows] = x[t, cols] · wᵀ` for `n_tokens` input rows.
-pub fn matmul(out: &mut [f32], x: &[f32], w: &Weight, n_tokens: usize) {
-    let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(x.len(), n_tokens * cols, "matmul input length");
-    assert_eq!(out.len(), n_tokens * rows, "matmul output length");
-    if n_tokens == 0 || rows == 0 {
-        return;
-    }
-    // Computed transposed ([rows, t]) so each task owns a contiguous block of output,
-    // then transposed back; for decode (t = 1) the two layouts coincide.
-    let mut out_t = if n_tokens == 1 {
-        Vec::new()
-    } else {
-        vec![0.0f32; rows * n_tokens]
-    };
-    let dst: &mut [f32] = if n_tokens == 1 { out } else { &mut out_t };
-    dst.par_chunks_mut(ROWS_PER_TASK * n_tokens)
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; cols],
-            |row_buf, (task, chunk)| {
-                let first = task * ROWS_PER_TASK;
-                for (i, per_token) in chunk.chunks_exact_mut(n_tokens).enumerate() {
-                    let r = first + i;
-                    let row: &[f32] = match w.f32_row(r) {
-                        Some(row) => row,
-                        None => {
-                            w.row_into(r, row_buf);
-                            row_buf
-                        }
-                    };
-                    for (t, o) in per_token.iter_mut().enumerate() {
-                        *o = dot(row, &x[t * cols..(t + 1) * cols]);
-                    }
-                }
-            },
-        );
-    if n_tokens > 1 {
-        for r in 0..rows {
-            for t in 0..n_tokens {
-                out[t * rows + r] = out_t[r * n_tokens + t];
-            }
-        }
     }
 }
 

@@ -1,0 +1,427 @@
+//! AVX2 + FMA + F16C kernels. Each is an `unsafe fn` compiled with those features; callers go
+//! through [`super::Isa`], which is `Avx2` only when the CPU reported all three, and that is
+//! the safety condition of every function here.
+//!
+//! Integer kernels follow ggml's AVX2 scheme: `maddubs` multiplies unsigned by signed bytes into
+//! i16 pairs, `madd` widens to i32 (folding in a per-sub-block scale where there is one), and
+//! each block's i32 sums are converted and scaled into f32 accumulators once per block.
+
+use std::arch::x86_64::*;
+
+use half::{bf16, f16};
+
+use crate::quant::{q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, QK_K};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    hsum_ps128(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_ps128(s: __m128) -> f32 {
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hmax_ps(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    _mm_cvtss_f32(m)
+}
+
+/// One f16 to f32 with the F16C instruction (the `half` crate's portable path is slower).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_i8x32(p: &[i8; 32]) -> __m256i {
+    _mm256_loadu_si256(p.as_ptr().cast())
+}
+
+/// Σ x·y over each four bytes as eight i32, for signed `x`, `y` (|x| ≤ 128, |y| ≤ 127): moves
+/// the sign of `x` onto `y` so `maddubs` (unsigned × signed) applies.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mul_sum_i8_pairs(abs_x: __m256i, sign_x: __m256i, y: __m256i) -> __m256i {
+    let dot = _mm256_maddubs_epi16(abs_x, _mm256_sign_epi8(y, sign_x));
+    _mm256_madd_epi16(dot, _mm256_set1_epi16(1))
+}
+
+/// Asserts every activation row has the weight row's length, so unchecked indexing is sound.
+#[inline]
+fn check_lengths<W, A, const N: usize>(w: &[W], a: &[&[A]; N]) {
+    for row in a {
+        assert_eq!(row.len(), w.len(), "activation row length");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Float weights: f32, bf16 and f16 rows against f32 activations.
+
+/// Generates a float-weight tile kernel from the expression that widens 8 weights to f32.
+macro_rules! float_dot {
+    ($name:ident, $t:ty, |$p:ident| $widen8:expr) => {
+        /// One weight row · `N` f32 activation rows, 16 columns per step with two accumulator
+        /// chains per token (hides the FMA latency when `N` = 1).
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name<const N: usize>(w: &[$t], a: [&[f32]; N]) -> [f32; N] {
+            check_lengths(w, &a);
+            let n = w.len();
+            let widen = |$p: *const $t| $widen8;
+            let mut acc0 = [_mm256_setzero_ps(); N];
+            let mut acc1 = [_mm256_setzero_ps(); N];
+            let mut i = 0;
+            while i + 16 <= n {
+                // SAFETY (this loop and the next): i + 16 ≤ n = len of w and of every a[t].
+                let w0 = widen(w.as_ptr().add(i));
+                let w1 = widen(w.as_ptr().add(i + 8));
+                for t in 0..N {
+                    acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(a[t].as_ptr().add(i)), acc0[t]);
+                    acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(a[t].as_ptr().add(i + 8)), acc1[t]);
+                }
+                i += 16;
+            }
+            if i + 8 <= n {
+                let w0 = widen(w.as_ptr().add(i));
+                for t in 0..N {
+                    acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(a[t].as_ptr().add(i)), acc0[t]);
+                }
+                i += 8;
+            }
+            let mut out = [0.0f32; N];
+            for t in 0..N {
+                let mut s = hsum_ps(_mm256_add_ps(acc0[t], acc1[t]));
+                for j in i..n {
+                    s += w[j].to_f32() * a[t][j];
+                }
+                out[t] = s;
+            }
+            out
+        }
+    };
+}
+
+trait ToF32: Copy {
+    fn to_f32(self) -> f32;
+}
+impl ToF32 for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+impl ToF32 for bf16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+impl ToF32 for f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+float_dot!(dot_f32, f32, |p| _mm256_loadu_ps(p));
+// bf16 is the top half of an f32: zero-extend each to 32 bits and shift left by 16.
+float_dot!(dot_bf16, bf16, |p| _mm256_castsi256_ps(_mm256_slli_epi32(
+    _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())),
+    16
+)));
+float_dot!(dot_f16, f16, |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())));
+
+// ---------------------------------------------------------------------------------------------
+// Q8_0 and Q4_0 weights against Q8_0 activations.
+
+/// Σ_blocks d_w·d_a·Σ w_q·a_q, each weight block loaded once for all `N` tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    check_lengths(w, &a);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, wb) in w.iter().enumerate() {
+        let qx = load_i8x32(&wb.qs);
+        let ax = _mm256_sign_epi8(qx, qx);
+        let dw = f16_to_f32(wb.d);
+        for t in 0..N {
+            // SAFETY: i < w.len() == a[t].len() (checked above).
+            let ab = a[t].get_unchecked(i);
+            let p = mul_sum_i8_pairs(ax, qx, load_i8x32(&ab.qs));
+            let d = _mm256_set1_ps(dw * f16_to_f32(ab.d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum_ps(acc[t]);
+    }
+    out
+}
+
+/// 16 bytes of nibbles → 32 bytes 0..15: low nibbles first (elements 0..15), then high.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles_to_bytes(q: &[u8; 16]) -> __m256i {
+    let lo = _mm_loadu_si128(q.as_ptr().cast());
+    let hi = _mm_srli_epi16(lo, 4);
+    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+}
+
+/// As [`dot_q8_0`] with weights `n − 8` unpacked from nibbles.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    check_lengths(w, &a);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, wb) in w.iter().enumerate() {
+        let qx = _mm256_sub_epi8(nibbles_to_bytes(&wb.qs), _mm256_set1_epi8(8));
+        let ax = _mm256_sign_epi8(qx, qx);
+        let dw = f16_to_f32(wb.d);
+        for t in 0..N {
+            // SAFETY: i < w.len() == a[t].len() (checked above).
+            let ab = a[t].get_unchecked(i);
+            let p = mul_sum_i8_pairs(ax, qx, load_i8x32(&ab.qs));
+            let d = _mm256_set1_ps(dw * f16_to_f32(ab.d));
+            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum_ps(acc[t]);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// K-quant weights against Q8_K activations.
+
+/// The eight pairwise sums `bsums[2j] + bsums[2j + 1]` (one per 32-value sub-block) as i16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bsum_pairs(ab: &BlockQ8K) -> __m128i {
+    let lo = _mm_loadu_si128(ab.bsums.as_ptr().cast());
+    let hi = _mm_loadu_si128(ab.bsums.as_ptr().add(8).cast());
+    _mm_hadd_epi16(lo, hi)
+}
+
+/// Per super-block `d·d_a·Σ_j sc_j·Σ n·a_q − dmin·d_a·Σ_j m_j·bsum_pair_j`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k<const N: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    check_lengths(w, &a);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc_m = [_mm_setzero_ps(); N];
+    for (i, wb) in w.iter().enumerate() {
+        let (sc, m) = q4k_scales_mins(&wb.scales);
+        let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(m.as_ptr().cast()));
+        let (d, dmin) = (f16_to_f32(wb.d), f16_to_f32(wb.dmin));
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for j in 0..4 {
+            // Byte l of the j-th 32: element 64j + l (low nibble), 64j + 32 + l (high nibble).
+            let bits = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * j).cast());
+            let q_lo = _mm256_and_si256(bits, m4);
+            let q_hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            let sc_lo = _mm256_set1_epi16(sc[2 * j] as i16);
+            let sc_hi = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+            for t in 0..N {
+                // SAFETY: i < w.len() == a[t].len() (checked above); 64j + 64 ≤ QK_K.
+                let q8 = a[t].get_unchecked(i).qs.as_ptr().add(64 * j);
+                let p_lo = _mm256_maddubs_epi16(q_lo, _mm256_loadu_si256(q8.cast()));
+                let p_hi = _mm256_maddubs_epi16(q_hi, _mm256_loadu_si256(q8.add(32).cast()));
+                let p = _mm256_add_epi32(_mm256_madd_epi16(p_lo, sc_lo), _mm256_madd_epi16(p_hi, sc_hi));
+                sumi[t] = _mm256_add_epi32(sumi[t], p);
+            }
+        }
+        for t in 0..N {
+            // SAFETY: as above.
+            let ab = a[t].get_unchecked(i);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            let pm = _mm_madd_epi16(mins, bsum_pairs(ab));
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(-dmin * ab.d), _mm_cvtepi32_ps(pm), acc_m[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum_ps(acc[t]) + hsum_ps128(acc_m[t]);
+    }
+    out
+}
+
+/// Byte-shuffle masks broadcasting scale `2p` to bytes 0..8 and `2p + 1` to bytes 8..16, so a
+/// sign-extension gives the i16 scale vector of a 32-value register covering groups 2p, 2p + 1.
+static SCALE_PAIR_SHUFFLE: [[u8; 16]; 8] = {
+    let mut t = [[0u8; 16]; 8];
+    let mut p = 0;
+    while p < 8 {
+        let mut b = 0;
+        while b < 16 {
+            t[p][b] = (2 * p + b / 8) as u8;
+            b += 1;
+        }
+        p += 1;
+    }
+    t
+};
+
+/// Per super-block `d·d_a·(Σ_g sc_g·Σ n·a_q − 32·Σ_g sc_g·bsum_g)`: the 6-bit levels `n` are
+/// unsigned for `maddubs`, and the −32 offset meets the activations only through `bsums`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6_k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    check_lengths(w, &a);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m3 = _mm256_set1_epi8(0x03);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, wb) in w.iter().enumerate() {
+        let scales = _mm_loadu_si128(wb.scales.as_ptr().cast());
+        let scales16 = _mm256_cvtepi8_epi16(scales);
+        let d = f16_to_f32(wb.d);
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for h in 0..2 {
+            let qh = _mm256_loadu_si256(wb.qh.as_ptr().add(32 * h).cast());
+            let ql0 = _mm256_loadu_si256(wb.ql.as_ptr().add(64 * h).cast());
+            let ql1 = _mm256_loadu_si256(wb.ql.as_ptr().add(64 * h + 32).cast());
+            let high = |k: i32| match k {
+                0 => _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
+                1 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
+                2 => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
+                _ => _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
+            };
+            // Element 128h + 32k + l for k = 0..4: the layout of `BlockQ6K`.
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), high(1)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(3)),
+            ];
+            let mut sc = [_mm256_setzero_si256(); 4];
+            for (k, s) in sc.iter_mut().enumerate() {
+                let mask = _mm_loadu_si128(SCALE_PAIR_SHUFFLE[4 * h + k].as_ptr().cast());
+                *s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, mask));
+            }
+            for t in 0..N {
+                // SAFETY: i < w.len() == a[t].len() (checked above); 128h + 128 ≤ QK_K.
+                let q8 = a[t].get_unchecked(i).qs.as_ptr().add(128 * h);
+                for k in 0..4 {
+                    let y = _mm256_loadu_si256(q8.add(32 * k).cast());
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], y), sc[k]);
+                    sumi[t] = _mm256_add_epi32(sumi[t], p);
+                }
+            }
+        }
+        for t in 0..N {
+            // SAFETY: as above.
+            let ab = a[t].get_unchecked(i);
+            let bsums = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, bsums), 5);
+            let s = _mm256_sub_epi32(sumi[t], offset);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum_ps(acc[t]);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantizers, bit-identical to the reference ones.
+
+/// Packs 32 i32 (in four registers, in order) to 32 i8 in order. `packs` interleaves the
+/// 128-bit lanes, which the final dword permutation undoes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_i32x32_to_i8(v: [__m256i; 4], out: *mut i8) {
+    let a = _mm256_packs_epi32(v[0], v[1]);
+    let b = _mm256_packs_epi32(v[2], v[3]);
+    let bytes = _mm256_packs_epi16(a, b);
+    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(out.cast(), ordered);
+}
+
+/// `quantize_row_q8_0_ref` with SIMD: `round` (ties away from zero) is `trunc(v + copysign(0.5⁻,
+/// v))` with 0.5⁻ the float just below one half — the sum of 0.5⁻ and an exact tie rounds up.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    assert_eq!(x.len(), out.len() * 32);
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let half_down = _mm256_set1_ps(0.499_999_97);
+    for (b, chunk) in out.iter_mut().zip(x.chunks_exact(32)) {
+        let mut v = [_mm256_setzero_ps(); 4];
+        let mut vmax = _mm256_setzero_ps();
+        for k in 0..4 {
+            // SAFETY: chunk has 32 values.
+            v[k] = _mm256_loadu_ps(chunk.as_ptr().add(8 * k));
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(v[k], abs_mask));
+        }
+        let d = hmax_ps(vmax) / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        b.d = f16::from_f32(d);
+        let mut q = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
+            let p = _mm256_mul_ps(v[k], id);
+            let bias = _mm256_or_ps(half_down, _mm256_and_ps(p, sign_mask));
+            let r = _mm256_round_ps(_mm256_add_ps(p, bias), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            q[k] = _mm256_cvtps_epi32(r);
+        }
+        pack_i32x32_to_i8(q, b.qs.as_mut_ptr());
+    }
+}
+
+/// `quantize_row_q8_K_ref` with SIMD. `cvtps_epi32` rounds ties to even like `nearest_int`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
+    assert_eq!(x.len(), out.len() * QK_K);
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    for (b, chunk) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let p = chunk.as_ptr();
+        let mut vmax = _mm256_setzero_ps();
+        for k in 0..32 {
+            // SAFETY (every load of `p` below): chunk has 256 values, read 8 at a time.
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(p.add(8 * k)), abs_mask));
+        }
+        let amax = hmax_ps(vmax);
+        if amax == 0.0 {
+            *b = BlockQ8K::default();
+            continue;
+        }
+        // The reference takes the sign of the *first* element of largest magnitude.
+        let target = _mm256_set1_ps(amax);
+        let mut first = 0;
+        for k in 0..32 {
+            let abs = _mm256_and_ps(_mm256_loadu_ps(p.add(8 * k)), abs_mask);
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps(abs, target, _CMP_EQ_OQ));
+            if hit != 0 {
+                first = 8 * k + hit.trailing_zeros() as usize;
+                break;
+            }
+        }
+        let iscale = -127.0 / chunk[first];
+        let vscale = _mm256_set1_ps(iscale);
+        let cap = _mm256_set1_epi32(127);
+        for g in 0..8 {
+            let mut q = [_mm256_setzero_si256(); 4];
+            for k in 0..4 {
+                let v = _mm256_loadu_ps(p.add(32 * g + 8 * k));
+                q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, vscale)), cap);
+            }
+            pack_i32x32_to_i8(q, b.qs.as_mut_ptr().add(32 * g));
+        }
+        b.fill_bsums();
+        b.d = 1.0 / iscale;
+    }
+}

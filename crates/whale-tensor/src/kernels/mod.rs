@@ -1,0 +1,118 @@
+//! Dot-product kernels: a scalar reference for every weight format and AVX2/FMA versions chosen
+//! at run time.
+//!
+//! The instruction set is detected once ([`Isa::detect`]) and passed down explicitly, so a
+//! benchmark or test can run the scalar path beside the SIMD one in the same process. Every
+//! kernel computes a *tile*: one weight row against `N` (1–4) activation rows, so that in
+//! prefill each weight block is decoded once for several tokens.
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+pub(crate) mod scalar;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+
+/// Instruction sets with their own kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust; the reference every SIMD kernel is tested against.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C (Haswell, Zen and later).
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports, detected on first call and cached.
+    pub fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+                return Isa::Avx2;
+            }
+            Isa::Scalar
+        })
+    }
+
+    /// Every instruction set this CPU can run, scalar first (for tests and benchmarks).
+    pub fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::Scalar];
+        if Isa::detect() == Isa::Avx2 {
+            all.push(Isa::Avx2);
+        }
+        all
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+        }
+    }
+}
+
+/// A weight element type (a scalar or a quantized block) that knows how to take dot products of
+/// one of its rows with rows of its activation type.
+pub trait VecDot: Sized + Sync {
+    /// What activations are converted to before the dot product (`f32` for float weights).
+    type Act: Sync;
+
+    /// `out[t] = w · a[t]` for `N` activation rows of the same length as `w` (in elements of
+    /// `Self` and `Self::Act` respectively, covering the same number of values).
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[Self::Act]; N]) -> [f32; N];
+}
+
+impl VecDot for f32 {
+    type Act = f32;
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[f32], a: [&[f32]; N]) -> [f32; N] {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
+            Isa::Avx2 => unsafe { avx2::dot_f32(w, a) },
+            _ => a.map(|a| scalar::dot_f32(w, a)),
+        }
+    }
+}
+
+impl VecDot for bf16 {
+    type Act = f32;
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[bf16], a: [&[f32]; N]) -> [f32; N] {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
+            Isa::Avx2 => unsafe { avx2::dot_bf16(w, a) },
+            _ => a.map(|a| scalar::dot_bf16(w, a)),
+        }
+    }
+}
+
+impl VecDot for f16 {
+    type Act = f32;
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[f16], a: [&[f32]; N]) -> [f32; N] {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
+            Isa::Avx2 => unsafe { avx2::dot_f16(w, a) },
+            _ => a.map(|a| scalar::dot_f16(w, a)),
+        }
+    }
+}
+
+/// `a · b` with the detected instruction set (what [`crate::ops::dot`] calls).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let [d] = f32::dot_tile(Isa::detect(), a, [b]);
+    d
+}

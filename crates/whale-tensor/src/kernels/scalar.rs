@@ -1,0 +1,134 @@
+//! Scalar reference kernels (ggml's `_generic` ones): the definition each SIMD kernel is tested
+//! against, and the fallback on CPUs without AVX2. Integer sums per block, one float multiply
+//! per block, as ggml does, so they are exact up to float summation order.
+
+use half::{bf16, f16};
+
+use crate::quant::{q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0};
+
+/// Dot product with eight independent accumulators, so the compiler can keep them in one SIMD
+/// register without reassociating a single running sum.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f32; 8];
+    let (ac, ar) = a.split_at(a.len() / 8 * 8);
+    let (bc, br) = b.split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0.0;
+    for (x, y) in ar.iter().zip(br) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// bf16 is the top half of an f32, so widening is a 16-bit shift.
+#[inline]
+pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    let mut acc = [0.0f32; 8];
+    let (wc, wr) = w.split_at(w.len() / 8 * 8);
+    let (xc, xr) = x.split_at(wc.len());
+    for (a, b) in wc.chunks_exact(8).zip(xc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += f32::from_bits((a[i].to_bits() as u32) << 16) * b[i];
+        }
+    }
+    let mut tail = 0.0;
+    for (a, b) in wr.iter().zip(xr) {
+        tail += a.to_f32() * b;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[inline]
+pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    let mut acc = [0.0f32; 8];
+    let (wc, wr) = w.split_at(w.len() / 8 * 8);
+    let (xc, xr) = x.split_at(wc.len());
+    for (a, b) in wc.chunks_exact(8).zip(xc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += a[i].to_f32() * b[i];
+        }
+    }
+    let mut tail = 0.0;
+    for (a, b) in wr.iter().zip(xr) {
+        tail += a.to_f32() * b;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Σ_blocks d_w·d_a·Σ w_q·a_q.
+pub fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    a.map(|a| {
+        debug_assert_eq!(w.len(), a.len());
+        let mut sum = 0.0f32;
+        for (wb, ab) in w.iter().zip(a) {
+            let sumi: i32 = wb.qs.iter().zip(&ab.qs).map(|(&x, &y)| x as i32 * y as i32).sum();
+            sum += sumi as f32 * (wb.d.to_f32() * ab.d.to_f32());
+        }
+        sum
+    })
+}
+
+/// Σ_blocks d_w·d_a·Σ (n − 8)·a_q, nibble `j` low = element `j`, high = element `j + 16`.
+pub fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    a.map(|a| {
+        debug_assert_eq!(w.len(), a.len());
+        let mut sum = 0.0f32;
+        for (wb, ab) in w.iter().zip(a) {
+            let mut sumi = 0i32;
+            for j in 0..16 {
+                sumi += ((wb.qs[j] & 0x0F) as i32 - 8) * ab.qs[j] as i32;
+                sumi += ((wb.qs[j] >> 4) as i32 - 8) * ab.qs[j + 16] as i32;
+            }
+            sum += sumi as f32 * (wb.d.to_f32() * ab.d.to_f32());
+        }
+        sum
+    })
+}
+
+/// Per super-block: `d·d_a·Σ_j sc_j·Σ n·a_q − dmin·d_a·Σ_j m_j·(bsum_{2j} + bsum_{2j+1})` —
+/// the mins meet the activations only through their 16-value sums.
+pub fn dot_q4_k<const N: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    a.map(|a| {
+        debug_assert_eq!(w.len(), a.len());
+        let mut sum = 0.0f32;
+        for (wb, ab) in w.iter().zip(a) {
+            let (sc, m) = q4k_scales_mins(&wb.scales);
+            let mut sumi = 0i32;
+            let mut summ = 0i32;
+            for j in 0..8 {
+                let (q, shift) = (&wb.qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
+                let act = &ab.qs[32 * j..32 * j + 32];
+                let s: i32 = q.iter().zip(act).map(|(&q, &y)| ((q >> shift) & 0x0F) as i32 * y as i32).sum();
+                sumi += sc[j] as i32 * s;
+                summ += m[j] as i32 * (ab.bsums[2 * j] as i32 + ab.bsums[2 * j + 1] as i32);
+            }
+            sum += wb.d.to_f32() * ab.d * sumi as f32 - wb.dmin.to_f32() * ab.d * summ as f32;
+        }
+        sum
+    })
+}
+
+/// Per super-block: `d·d_a·Σ_g sc_g·Σ (n − 32)·a_q` over the 16 groups of 16.
+pub fn dot_q6_k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    a.map(|a| {
+        debug_assert_eq!(w.len(), a.len());
+        let mut sum = 0.0f32;
+        for (wb, ab) in w.iter().zip(a) {
+            let mut sumi = 0i32;
+            for g in 0..16 {
+                let s: i32 = (16 * g..16 * g + 16).map(|i| (wb.level(i) as i32 - 32) * ab.qs[i] as i32).sum();
+                sumi += wb.scales[g] as i32 * s;
+            }
+            sum += wb.d.to_f32() * ab.d * sumi as f32;
+        }
+        sum
+    })
+}

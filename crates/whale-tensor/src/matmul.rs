@@ -1,0 +1,181 @@
+//! `out = x · Wᵀ` for every weight storage: the only `match` on a dtype in whale, and the one
+//! place where tiling and threading are written.
+//!
+//! Work is split over output rows on the persistent rayon pool ([`crate::threads`]). Activations
+//! are converted once per call (quantized to the weight's activation block type for block
+//! formats), never per row. Within a task, tokens are taken `TILE` at a time and each weight row
+//! is dotted with the whole tile, so in prefill a weight block is decoded once per `TILE`
+//! tokens while the task's rows stay in cache across tiles.
+
+use rayon::prelude::*;
+
+use crate::kernels::{scalar, Isa, VecDot};
+use crate::quant::{ActBlock, GgmlType};
+use crate::threads;
+use crate::weight::{Weight, WeightData};
+
+/// Tokens per tile: the most whose accumulators fit in AVX2's 16 registers next to a decoded
+/// weight block.
+const TILE: usize = 4;
+
+/// Multiply-adds below which splitting into tasks costs more than it saves.
+const MIN_PARALLEL_WORK: usize = 1 << 16;
+
+/// `out[t, rows] = x[t, cols] · wᵀ` for `n_tokens` input rows, with the detected ISA.
+pub fn matmul(out: &mut [f32], x: &[f32], w: &Weight, n_tokens: usize) {
+    matmul_with(Isa::detect(), out, x, w, n_tokens);
+}
+
+/// [`matmul`] with an explicit instruction set (`Isa::Scalar` is the reference path; benchmarks
+/// and tests compare the two in one process).
+pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: usize) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert_eq!(x.len(), n_tokens * cols, "matmul input length");
+    assert_eq!(out.len(), n_tokens * rows, "matmul output length");
+    // A Scalar-on-AVX2 request is honoured; an AVX2 request on a CPU without it is not.
+    let isa = if isa == Isa::Avx2 && Isa::detect() != Isa::Avx2 { Isa::Scalar } else { isa };
+    if n_tokens == 0 || rows == 0 {
+        return;
+    }
+    threads::threads(); // build the pool with its default size before rayon's first use
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let shape = Shape { rows, cols, n_tokens };
+    match &w.data {
+        WeightData::F32(v) => tiled(isa, shape, v, x, out),
+        WeightData::F16(v) => tiled(isa, shape, v, x, out),
+        WeightData::Bf16(v) => tiled(isa, shape, v, x, out),
+        WeightData::Fp8Block { .. } => decoded(isa, shape, w, x, out),
+        WeightData::Q8_0(v) => quantized(isa, shape, v, x, out),
+        WeightData::Q4_0(v) => quantized(isa, shape, v, x, out),
+        WeightData::Q4K(v) => quantized(isa, shape, v, x, out),
+        WeightData::Q6K(v) => quantized(isa, shape, v, x, out),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+}
+
+impl Shape {
+    /// Rows per parallel task: about eight tasks per thread (balance on a shared machine), at
+    /// least 16 rows, and everything in one task when the product is small.
+    fn rows_per_task(self) -> usize {
+        let work = self.rows * self.cols * self.n_tokens;
+        if work < MIN_PARALLEL_WORK {
+            return self.rows;
+        }
+        self.rows.div_ceil(threads::threads() * 8).max(16)
+    }
+}
+
+/// Quantizes the activations to `B::Act` blocks once, then runs the tiled integer kernels.
+fn quantized<B: GgmlType>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut [f32]) {
+    let per_token = s.cols / <B::Act as ActBlock>::VALUES;
+    let mut acts = vec![B::Act::default(); s.n_tokens * per_token];
+    if s.n_tokens == 1 {
+        B::Act::quantize_act(isa, x, &mut acts);
+    } else {
+        acts.par_chunks_mut(per_token)
+            .zip(x.par_chunks(s.cols))
+            .for_each(|(a, x)| B::Act::quantize_act(isa, x, a));
+    }
+    tiled(isa, s, w, &acts, out);
+}
+
+/// The output written by disjoint row ranges from several tasks at once.
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint indices (each owns its rows), and the borrow of the slice behind
+// `ptr` outlives the parallel region that uses it.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(out: &mut [f32]) -> Self {
+        SharedOut {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other thread may access index `i` during the parallel region.
+    #[inline]
+    unsafe fn write(&self, i: usize, v: f32) {
+        assert!(i < self.len);
+        // SAFETY: in bounds (asserted), and exclusive by the caller's contract.
+        unsafe { self.ptr.add(i).write(v) }
+    }
+}
+
+/// Rows of `w` (each `w.len() / rows` elements) against token rows of `acts`, tiled over tokens.
+fn tiled<W: VecDot>(isa: Isa, s: Shape, w: &[W], acts: &[W::Act], out: &mut [f32]) {
+    let w_len = w.len() / s.rows;
+    let a_len = acts.len() / s.n_tokens;
+    let out = SharedOut::new(out);
+    let rows_per_task = s.rows_per_task();
+    let task = |first: usize| {
+        let last = (first + rows_per_task).min(s.rows);
+        let mut t0 = 0;
+        while t0 < s.n_tokens {
+            let n = TILE.min(s.n_tokens - t0);
+            let act = |i: usize| &acts[(t0 + i) * a_len..(t0 + i + 1) * a_len];
+            for r in first..last {
+                let wr = &w[r * w_len..(r + 1) * w_len];
+                let put = |dots: &[f32]| {
+                    for (i, &d) in dots.iter().enumerate() {
+                        // SAFETY: row r belongs to this task alone.
+                        unsafe { out.write((t0 + i) * s.rows + r, d) };
+                    }
+                };
+                match n {
+                    1 => put(&W::dot_tile(isa, wr, [act(0)])),
+                    2 => put(&W::dot_tile(isa, wr, [act(0), act(1)])),
+                    3 => put(&W::dot_tile(isa, wr, [act(0), act(1), act(2)])),
+                    _ => put(&W::dot_tile(isa, wr, [act(0), act(1), act(2), act(3)])),
+                }
+            }
+            t0 += n;
+        }
+    };
+    if rows_per_task >= s.rows {
+        task(0);
+    } else {
+        (0..s.rows).into_par_iter().step_by(rows_per_task).for_each(task);
+    }
+}
+
+/// Weights without a direct kernel (FP8 blocks): each row decoded to `f32` once per call into a
+/// per-task buffer, then dotted with every token.
+fn decoded(isa: Isa, s: Shape, w: &Weight, x: &[f32], out: &mut [f32]) {
+    let out = SharedOut::new(out);
+    let rows_per_task = s.rows_per_task();
+    let dot = |a: &[f32], b: &[f32]| match isa {
+        Isa::Scalar => scalar::dot_f32(a, b),
+        _ => f32::dot_tile(isa, a, [b])[0],
+    };
+    (0..s.rows)
+        .into_par_iter()
+        .step_by(rows_per_task)
+        .for_each_init(
+            || vec![0.0f32; s.cols],
+            |row, first| {
+                for r in first..(first + rows_per_task).min(s.rows) {
+                    w.row_into(r, row);
+                    for t in 0..s.n_tokens {
+                        let d = dot(row, &x[t * s.cols..(t + 1) * s.cols]);
+                        // SAFETY: row r belongs to this task alone.
+                        unsafe { out.write(t * s.rows + r, d) };
+                    }
+                }
+            },
+        );
+}

@@ -1,0 +1,91 @@
+//! Q8_0: 32 values as `d · q` with one f16 scale `d` and 32 signed bytes `q` (34 bytes).
+//! Both a weight format and the activation format Q8_0/Q4_0 weights are multiplied with.
+
+use half::f16;
+
+use super::{ActBlock, GgmlType};
+use crate::kernels::{self, Isa, VecDot};
+
+/// ggml's `block_q8_0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BlockQ8_0 {
+    /// Scale: `amax / 127`.
+    pub d: f16,
+    pub qs: [i8; 32],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+impl BlockQ8_0 {
+    /// `quantize_row_q8_0_ref`: `d = amax / 127`, `q = round(x / d)` (ties away from zero).
+    fn quantize_block(x: &[f32]) -> Self {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i8; 32];
+        for (q, &v) in qs.iter_mut().zip(x) {
+            *q = (v * id).round() as i8;
+        }
+        BlockQ8_0 { d: f16::from_f32(d), qs }
+    }
+}
+
+// SAFETY: `#[repr(C)]` of an f16 and 32 i8, 34 bytes, no padding (pinned above): any bytes are
+// a valid value; field order is ggml's.
+unsafe impl GgmlType for BlockQ8_0 {
+    const BLOCK: usize = 32;
+    const GGML_TYPE: u32 = super::ggml_type::Q8_0;
+    const NAME: &'static str = "q8_0";
+
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        debug_assert_eq!(x.len(), out.len() * <Self as GgmlType>::BLOCK);
+        for (b, chunk) in out.iter_mut().zip(x.chunks_exact(<Self as GgmlType>::BLOCK)) {
+            *b = Self::quantize_block(chunk);
+        }
+    }
+
+    fn dequantize(blocks: &[Self], out: &mut [f32]) {
+        for (b, chunk) in blocks.iter().zip(out.chunks_exact_mut(<Self as GgmlType>::BLOCK)) {
+            let d = b.d.to_f32();
+            for (o, &q) in chunk.iter_mut().zip(&b.qs) {
+                *o = q as f32 * d;
+            }
+        }
+    }
+}
+
+impl ActBlock for BlockQ8_0 {
+    const VALUES: usize = 32;
+
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        <Self as GgmlType>::quantize(x, out);
+    }
+
+    fn quantize_act(isa: Isa, x: &[f32], out: &mut [Self]) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
+            Isa::Avx2 => unsafe { kernels::avx2::quantize_q8_0(x, out) },
+            _ => Self::quantize_ref(x, out),
+        }
+    }
+
+    fn dequantize_act(blocks: &[Self], out: &mut [f32]) {
+        <Self as GgmlType>::dequantize(blocks, out);
+    }
+}
+
+impl VecDot for BlockQ8_0 {
+    type Act = BlockQ8_0;
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
+            Isa::Avx2 => unsafe { kernels::avx2::dot_q8_0(w, a) },
+            _ => kernels::scalar::dot_q8_0(w, a),
+        }
+    }
+}

@@ -12,7 +12,9 @@ pub enum TensorError {
         rows: usize,
         cols: usize,
     },
-    #[error("ggml type {0} is not supported (whale reads f32, f16, bf16, q8_0, q4_0, q4_k and q6_k)")]
+    #[error(
+        "ggml type {0} is not supported (whale reads f32, f16, bf16, q8_0, q4_0, q4_k and q6_k)"
+    )]
     UnsupportedGgmlType(u32),
     #[error("a {rows}×{cols} {dtype} tensor takes {expected} bytes, got {got}")]
     ByteLength {

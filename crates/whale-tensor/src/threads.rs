@@ -48,10 +48,14 @@ pub fn physical_cores() -> usize {
         for entry in dir.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if !name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            if !name
+                .strip_prefix("cpu")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
                 continue;
             }
-            let read = |f: &str| std::fs::read_to_string(entry.path().join("topology").join(f)).ok();
+            let read =
+                |f: &str| std::fs::read_to_string(entry.path().join("topology").join(f)).ok();
             if let (Some(pkg), Some(core)) = (read("physical_package_id"), read("core_id")) {
                 cores.insert((pkg.trim().to_string(), core.trim().to_string()));
             }

@@ -11,7 +11,9 @@ use rayon::prelude::*;
 
 use crate::dtype::FP8_E4M3_LUT;
 use crate::error::TensorError;
-use crate::quant::{self, ggml_type, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, GgmlType, QuantType};
+use crate::quant::{
+    self, ggml_type, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, GgmlType, QuantType,
+};
 
 pub use crate::matmul::matmul;
 
@@ -81,8 +83,19 @@ impl Weight {
     ///
     /// The bytes are copied into an owned, aligned `Vec` (a bytewise copy for block formats, no
     /// conversion); borrowing them from the mmap instead is left for later.
-    pub fn from_gguf_bytes(ggml: u32, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, TensorError> {
-        fn check(dtype: &'static str, rows: usize, cols: usize, expected: usize, got: usize) -> Result<(), TensorError> {
+    pub fn from_gguf_bytes(
+        ggml: u32,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Weight, TensorError> {
+        fn check(
+            dtype: &'static str,
+            rows: usize,
+            cols: usize,
+            expected: usize,
+            got: usize,
+        ) -> Result<(), TensorError> {
             if expected == got {
                 Ok(())
             } else {
@@ -95,7 +108,11 @@ impl Weight {
                 })
             }
         }
-        fn blocks<B: GgmlType>(rows: usize, cols: usize, bytes: &[u8]) -> Result<Vec<B>, TensorError> {
+        fn blocks<B: GgmlType>(
+            rows: usize,
+            cols: usize,
+            bytes: &[u8],
+        ) -> Result<Vec<B>, TensorError> {
             if cols % B::BLOCK != 0 {
                 return Err(TensorError::BlockMisfit {
                     quant: B::NAME,
@@ -104,22 +121,43 @@ impl Weight {
                     cols,
                 });
             }
-            check(B::NAME, rows, cols, rows * cols / B::BLOCK * size_of::<B>(), bytes.len())?;
+            check(
+                B::NAME,
+                rows,
+                cols,
+                rows * cols / B::BLOCK * size_of::<B>(),
+                bytes.len(),
+            )?;
             Ok(quant::blocks_from_bytes(bytes))
         }
         let n = rows * cols;
         let data = match ggml {
             ggml_type::F32 => {
                 check("f32", rows, cols, n * 4, bytes.len())?;
-                WeightData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+                WeightData::F32(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                )
             }
             ggml_type::F16 => {
                 check("f16", rows, cols, n * 2, bytes.len())?;
-                WeightData::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect())
+                WeightData::F16(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                )
             }
             ggml_type::BF16 => {
                 check("bf16", rows, cols, n * 2, bytes.len())?;
-                WeightData::Bf16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect())
+                WeightData::Bf16(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                        .collect(),
+                )
             }
             ggml_type::Q8_0 => WeightData::Q8_0(blocks(rows, cols, bytes)?),
             ggml_type::Q4_0 => WeightData::Q4_0(blocks(rows, cols, bytes)?),
@@ -161,21 +199,29 @@ impl Weight {
     fn quantize_rows<B: GgmlType>(&self) -> Vec<B> {
         match &self.data {
             WeightData::F32(v) => quant::quantize_matrix(v, self.cols),
-            _ => self.map_rows(quant::blank::<B>(), B::BLOCK, |row, out| B::quantize(row, out)),
+            _ => self.map_rows(quant::blank::<B>(), B::BLOCK, |row, out| {
+                B::quantize(row, out)
+            }),
         }
     }
 
     /// Decodes each row to `f32` and encodes it with `f` into `cols / per` elements of `T`.
-    fn map_rows<T: Copy + Send>(&self, zero: T, per: usize, f: impl Fn(&[f32], &mut [T]) + Sync) -> Vec<T> {
+    fn map_rows<T: Copy + Send>(
+        &self,
+        zero: T,
+        per: usize,
+        f: impl Fn(&[f32], &mut [T]) + Sync,
+    ) -> Vec<T> {
         let per_row = self.cols / per;
         let mut out = vec![zero; self.rows * per_row];
         if per_row > 0 {
-            out.par_chunks_mut(per_row)
-                .enumerate()
-                .for_each_init(|| vec![0.0f32; self.cols], |buf, (r, dst)| {
+            out.par_chunks_mut(per_row).enumerate().for_each_init(
+                || vec![0.0f32; self.cols],
+                |buf, (r, dst)| {
                     self.row_into(r, buf);
                     f(buf, dst);
-                });
+                },
+            );
         }
         out
     }
@@ -205,6 +251,21 @@ impl Weight {
             WeightData::Q4_0(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q4K(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q6K(v) => std::mem::size_of_val(v.as_slice()),
+        }
+    }
+
+    /// The ggml type id and raw bytes of a block-quantized weight, exactly as a GGUF file stores
+    /// them; `None` for other storage.
+    pub fn gguf_block_bytes(&self) -> Option<(u32, &[u8])> {
+        fn raw<B: GgmlType>(v: &[B]) -> Option<(u32, &[u8])> {
+            Some((B::GGML_TYPE, quant::blocks_as_bytes(v)))
+        }
+        match &self.data {
+            WeightData::Q8_0(v) => raw(v),
+            WeightData::Q4_0(v) => raw(v),
+            WeightData::Q4K(v) => raw(v),
+            WeightData::Q6K(v) => raw(v),
+            _ => None,
         }
     }
 
@@ -269,7 +330,9 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0
+            })
             .collect()
     }
 
@@ -295,11 +358,87 @@ mod tests {
     }
 
     #[test]
+    fn quantize_rejects_rows_that_are_not_whole_blocks() {
+        let w = Weight::from_f32(2, 1408, values(2 * 1408, 3));
+        let err = w.quantize(QuantType::Q4K).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TensorError::BlockMisfit {
+                    block: 256,
+                    cols: 1408,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("q4_k"));
+        assert!(w.quantize(QuantType::Q4_0).is_ok());
+    }
+
+    #[test]
+    fn quantize_from_any_storage_decodes_first() {
+        let (rows, cols) = (3, 512);
+        let wf = values(rows * cols, 4);
+        let bf: Vec<bf16> = wf.iter().map(|&v| bf16::from_f32(v)).collect();
+        let w_bf = Weight::new(rows, cols, WeightData::Bf16(bf));
+        let w_f = Weight::from_f32(rows, cols, w_bf.to_f32());
+        for q in QuantType::ALL {
+            let a = w_bf.quantize(q).unwrap();
+            let b = w_f.quantize(q).unwrap();
+            assert_eq!(a.storage_name(), q.name());
+            assert_eq!(a.to_f32(), b.to_f32(), "{q}");
+            // Same values in, same bytes out, whatever storage they came from.
+            if q != QuantType::F32 && q != QuantType::Bf16 {
+                assert_eq!(a.gguf_block_bytes(), b.gguf_block_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn gguf_bytes_round_trip_and_sizes() {
+        use crate::quant::ggml_type;
+        let (rows, cols) = (4, 256);
+        let w = Weight::from_f32(rows, cols, values(rows * cols, 5));
+        for (q, bytes_per_block, block) in [
+            (QuantType::Q8_0, 34, 32),
+            (QuantType::Q4_0, 18, 32),
+            (QuantType::Q4K, 144, 256),
+            (QuantType::Q6K, 210, 256),
+        ] {
+            let qw = w.quantize(q).unwrap();
+            assert_eq!(
+                qw.storage_bytes(),
+                rows * cols / block * bytes_per_block,
+                "{q}"
+            );
+            let (ty, bytes) = qw.gguf_block_bytes().unwrap();
+            let back = Weight::from_gguf_bytes(ty, rows, cols, bytes).unwrap();
+            assert_eq!(back.gguf_block_bytes().unwrap().1, bytes);
+            assert_eq!(back.to_f32(), qw.to_f32());
+            assert!(Weight::from_gguf_bytes(ty, rows, cols, &bytes[1..]).is_err());
+        }
+        let le: Vec<u8> = w.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
+        let back = Weight::from_gguf_bytes(ggml_type::F32, rows, cols, &le).unwrap();
+        assert_eq!(back.to_f32(), w.to_f32());
+        let err = Weight::from_gguf_bytes(3, rows, cols, &le).unwrap_err(); // Q4_1
+        assert!(matches!(err, TensorError::UnsupportedGgmlType(3)));
+    }
+
+    #[test]
     fn fp8_block_dequant_uses_edge_blocks() {
         // 3×5 matrix with 2×2 blocks: scales [2, 3], last row/col blocks partial.
         let values: Vec<u8> = vec![0x38; 15]; // every element 1.0 before scaling
         let scales = vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let w = Weight::new(3, 5, WeightData::Fp8Block { values, scales, block: [2, 2] });
+        let w = Weight::new(
+            3,
+            5,
+            WeightData::Fp8Block {
+                values,
+                scales,
+                block: [2, 2],
+            },
+        );
         let dense = w.to_f32();
         assert_eq!(&dense[0..5], &[1.0, 1.0, 2.0, 2.0, 3.0]);
         assert_eq!(&dense[10..15], &[4.0, 4.0, 5.0, 5.0, 6.0]);

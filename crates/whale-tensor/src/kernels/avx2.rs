@@ -91,7 +91,8 @@ macro_rules! float_dot {
                 let w1 = widen(w.as_ptr().add(i + 8));
                 for t in 0..N {
                     acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(a[t].as_ptr().add(i)), acc0[t]);
-                    acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(a[t].as_ptr().add(i + 8)), acc1[t]);
+                    acc1[t] =
+                        _mm256_fmadd_ps(w1, _mm256_loadu_ps(a[t].as_ptr().add(i + 8)), acc1[t]);
                 }
                 i += 16;
             }
@@ -241,14 +242,21 @@ pub unsafe fn dot_q4_k<const N: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; N]) -> [
                 let q8 = a[t].get_unchecked(i).qs.as_ptr().add(64 * j);
                 let p_lo = _mm256_maddubs_epi16(q_lo, _mm256_loadu_si256(q8.cast()));
                 let p_hi = _mm256_maddubs_epi16(q_hi, _mm256_loadu_si256(q8.add(32).cast()));
-                let p = _mm256_add_epi32(_mm256_madd_epi16(p_lo, sc_lo), _mm256_madd_epi16(p_hi, sc_hi));
+                let p = _mm256_add_epi32(
+                    _mm256_madd_epi16(p_lo, sc_lo),
+                    _mm256_madd_epi16(p_hi, sc_hi),
+                );
                 sumi[t] = _mm256_add_epi32(sumi[t], p);
             }
         }
         for t in 0..N {
             // SAFETY: as above.
             let ab = a[t].get_unchecked(i);
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_set1_ps(d * ab.d),
+                _mm256_cvtepi32_ps(sumi[t]),
+                acc[t],
+            );
             let pm = _mm_madd_epi16(mins, bsum_pairs(ab));
             acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(-dmin * ab.d), _mm_cvtepi32_ps(pm), acc_m[t]);
         }
@@ -363,20 +371,23 @@ pub unsafe fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
     for (b, chunk) in out.iter_mut().zip(x.chunks_exact(32)) {
         let mut v = [_mm256_setzero_ps(); 4];
         let mut vmax = _mm256_setzero_ps();
-        for k in 0..4 {
+        for (k, v) in v.iter_mut().enumerate() {
             // SAFETY: chunk has 32 values.
-            v[k] = _mm256_loadu_ps(chunk.as_ptr().add(8 * k));
-            vmax = _mm256_max_ps(vmax, _mm256_and_ps(v[k], abs_mask));
+            *v = _mm256_loadu_ps(chunk.as_ptr().add(8 * k));
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(*v, abs_mask));
         }
         let d = hmax_ps(vmax) / 127.0;
         let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
         b.d = f16::from_f32(d);
         let mut q = [_mm256_setzero_si256(); 4];
-        for k in 0..4 {
-            let p = _mm256_mul_ps(v[k], id);
+        for (q, &v) in q.iter_mut().zip(&v) {
+            let p = _mm256_mul_ps(v, id);
             let bias = _mm256_or_ps(half_down, _mm256_and_ps(p, sign_mask));
-            let r = _mm256_round_ps(_mm256_add_ps(p, bias), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-            q[k] = _mm256_cvtps_epi32(r);
+            let r = _mm256_round_ps(
+                _mm256_add_ps(p, bias),
+                _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC,
+            );
+            *q = _mm256_cvtps_epi32(r);
         }
         pack_i32x32_to_i8(q, b.qs.as_mut_ptr());
     }
@@ -415,9 +426,9 @@ pub unsafe fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
         let cap = _mm256_set1_epi32(127);
         for g in 0..8 {
             let mut q = [_mm256_setzero_si256(); 4];
-            for k in 0..4 {
+            for (k, q) in q.iter_mut().enumerate() {
                 let v = _mm256_loadu_ps(p.add(32 * g + 8 * k));
-                q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, vscale)), cap);
+                *q = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, vscale)), cap);
             }
             pack_i32x32_to_i8(q, b.qs.as_mut_ptr().add(32 * g));
         }

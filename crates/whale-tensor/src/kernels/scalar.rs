@@ -69,7 +69,12 @@ pub fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[BlockQ8_0]; N]) -> [f32; 
         debug_assert_eq!(w.len(), a.len());
         let mut sum = 0.0f32;
         for (wb, ab) in w.iter().zip(a) {
-            let sumi: i32 = wb.qs.iter().zip(&ab.qs).map(|(&x, &y)| x as i32 * y as i32).sum();
+            let sumi: i32 = wb
+                .qs
+                .iter()
+                .zip(&ab.qs)
+                .map(|(&x, &y)| x as i32 * y as i32)
+                .sum();
             sum += sumi as f32 * (wb.d.to_f32() * ab.d.to_f32());
         }
         sum
@@ -106,7 +111,11 @@ pub fn dot_q4_k<const N: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; N]) -> [f32; N]
             for j in 0..8 {
                 let (q, shift) = (&wb.qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
                 let act = &ab.qs[32 * j..32 * j + 32];
-                let s: i32 = q.iter().zip(act).map(|(&q, &y)| ((q >> shift) & 0x0F) as i32 * y as i32).sum();
+                let s: i32 = q
+                    .iter()
+                    .zip(act)
+                    .map(|(&q, &y)| ((q >> shift) & 0x0F) as i32 * y as i32)
+                    .sum();
                 sumi += sc[j] as i32 * s;
                 summ += m[j] as i32 * (ab.bsums[2 * j] as i32 + ab.bsums[2 * j + 1] as i32);
             }
@@ -124,7 +133,9 @@ pub fn dot_q6_k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [f32; N]
         for (wb, ab) in w.iter().zip(a) {
             let mut sumi = 0i32;
             for g in 0..16 {
-                let s: i32 = (16 * g..16 * g + 16).map(|i| (wb.level(i) as i32 - 32) * ab.qs[i] as i32).sum();
+                let s: i32 = (16 * g..16 * g + 16)
+                    .map(|i| (wb.level(i) as i32 - 32) * ab.qs[i] as i32)
+                    .sum();
                 sumi += wb.scales[g] as i32 * s;
             }
             sum += wb.d.to_f32() * ab.d * sumi as f32;

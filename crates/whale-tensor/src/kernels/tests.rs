@@ -1,0 +1,250 @@
+//! Every SIMD kernel against its scalar reference, at odd lengths and every tile width, on each
+//! instruction set this CPU has (on a CPU without AVX2 these compare scalar with itself).
+
+use half::{bf16, f16};
+
+use super::*;
+use crate::quant::{ActBlock, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, GgmlType};
+
+/// Block counts to test: one, a few, odd counts around SIMD and tile boundaries, and large.
+const BLOCK_COUNTS: [usize; 7] = [1, 2, 3, 7, 31, 33, 1023];
+
+/// Float dot products may differ only by summation order: relative to Σ|wᵢ·xᵢ|.
+const FLOAT_DOT_REL: f32 = 1e-5;
+
+/// Integer block kernels differ only in the order of the per-block float multiply-adds (and
+/// whether they fuse): relative to Σ|block contributions|, bounded here by Σ|w|·|x| in f32.
+const QUANT_DOT_REL: f32 = 2e-5;
+
+/// Deterministic values in [−1, 1) with a few larger ones, from an LCG.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|i| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            if i % 97 == 5 {
+                u * 8.0
+            } else {
+                u
+            }
+        })
+        .collect()
+}
+
+fn simd() -> Option<Isa> {
+    Isa::available().into_iter().find(|&i| i != Isa::Scalar)
+}
+
+fn assert_close(got: f32, want: f32, scale: f32, rel: f32, what: &str) {
+    assert!(
+        (got - want).abs() <= rel * scale.max(1e-30),
+        "{what}: {got} vs {want} (scale {scale})"
+    );
+}
+
+fn check_float<W: VecDot<Act = f32> + Copy>(
+    name: &str,
+    from: impl Fn(f32) -> W,
+    to: impl Fn(W) -> f32,
+) {
+    let Some(isa) = simd() else { return };
+    for n in [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1023] {
+        let w: Vec<W> = values(n, 1).into_iter().map(&from).collect();
+        let xs: Vec<Vec<f32>> = (0..4).map(|t| values(n, 10 + t)).collect();
+        let scale = |t: usize| {
+            w.iter()
+                .zip(&xs[t])
+                .map(|(&a, b)| (to(a) * b).abs())
+                .sum::<f32>()
+        };
+        macro_rules! tile {
+            ($($t:literal),*) => {{
+                let got = W::dot_tile(isa, &w, [$(xs[$t].as_slice()),*]);
+                let want = W::dot_tile(Isa::Scalar, &w, [$(xs[$t].as_slice()),*]);
+                for t in 0..got.len() {
+                    assert_close(got[t], want[t], scale(t), FLOAT_DOT_REL, &format!("{name} n={n} token {t}/{}", got.len()));
+                }
+            }};
+        }
+        tile!(0);
+        tile!(0, 1);
+        tile!(0, 1, 2);
+        tile!(0, 1, 2, 3);
+    }
+}
+
+#[test]
+fn f32_bf16_f16_dots_match_scalar() {
+    check_float::<f32>("f32", |v| v, |v| v);
+    check_float::<bf16>("bf16", bf16::from_f32, bf16::to_f32);
+    check_float::<f16>("f16", f16::from_f32, f16::to_f32);
+}
+
+#[test]
+fn scalar_dot_matches_f64_sum() {
+    for n in [0, 1, 3, 7, 8, 9, 31, 33, 1023] {
+        let a = values(n, 3);
+        let b = values(n, 4);
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        for isa in Isa::available() {
+            let [got] = f32::dot_tile(isa, &a, [&b]);
+            assert!((got as f64 - want).abs() < 1e-4, "{} n={n}", isa.name());
+        }
+    }
+}
+
+fn quantize<B: GgmlType>(x: &[f32]) -> Vec<B> {
+    let mut out = vec![crate::quant::blank::<B>(); x.len() / B::BLOCK];
+    B::quantize(x, &mut out);
+    out
+}
+
+fn quantize_act<A: ActBlock>(isa: Isa, x: &[f32]) -> Vec<A> {
+    let mut out = vec![A::default(); x.len() / A::VALUES];
+    A::quantize_act(isa, x, &mut out);
+    out
+}
+
+fn check_quant<B: GgmlType>() {
+    let Some(isa) = simd() else { return };
+    for blocks in BLOCK_COUNTS {
+        let n = blocks * B::BLOCK;
+        let w = quantize::<B>(&values(n, 5));
+        let wf = {
+            let mut v = vec![0.0f32; n];
+            B::dequantize(&w, &mut v);
+            v
+        };
+        let xs: Vec<Vec<f32>> = (0..4).map(|t| values(n, 20 + t)).collect();
+        let acts: Vec<Vec<B::Act>> = xs.iter().map(|x| quantize_act(Isa::Scalar, x)).collect();
+        let scale = |t: usize| {
+            wf.iter()
+                .zip(&xs[t])
+                .map(|(a, b)| (a * b).abs())
+                .sum::<f32>()
+        };
+        macro_rules! tile {
+            ($($t:literal),*) => {{
+                let got = B::dot_tile(isa, &w, [$(acts[$t].as_slice()),*]);
+                let want = B::dot_tile(Isa::Scalar, &w, [$(acts[$t].as_slice()),*]);
+                for t in 0..got.len() {
+                    let what = format!("{} blocks={blocks} token {t}/{}", B::NAME, got.len());
+                    assert_close(got[t], want[t], scale(t), QUANT_DOT_REL, &what);
+                }
+            }};
+        }
+        tile!(0);
+        tile!(0, 1);
+        tile!(0, 1, 2);
+        tile!(0, 1, 2, 3);
+    }
+}
+
+#[test]
+fn q8_0_dot_matches_scalar() {
+    check_quant::<BlockQ8_0>();
+}
+
+#[test]
+fn q4_0_dot_matches_scalar() {
+    check_quant::<BlockQ4_0>();
+}
+
+#[test]
+fn q4_k_dot_matches_scalar() {
+    check_quant::<BlockQ4K>();
+}
+
+#[test]
+fn q6_k_dot_matches_scalar() {
+    check_quant::<BlockQ6K>();
+}
+
+/// The scalar integer kernels equal the float dot product of the dequantized operands, up to
+/// float rounding: this pins what "scalar reference" means for each format.
+#[test]
+fn scalar_quant_dots_equal_dequantized_dots() {
+    fn check<B: GgmlType>() {
+        let n = 7 * 256;
+        let w = quantize::<B>(&values(n, 8));
+        let a: Vec<B::Act> = quantize_act(Isa::Scalar, &values(n, 9));
+        let (mut wf, mut af) = (vec![0.0f32; n], vec![0.0f32; n]);
+        B::dequantize(&w, &mut wf);
+        <B::Act as ActBlock>::dequantize_act(&a, &mut af);
+        let want: f64 = wf.iter().zip(&af).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let scale: f64 = wf
+            .iter()
+            .zip(&af)
+            .map(|(x, y)| (*x as f64 * *y as f64).abs())
+            .sum();
+        let [got] = B::dot_tile(Isa::Scalar, &w, [&a]);
+        assert!(
+            (got as f64 - want).abs() <= 1e-5 * scale,
+            "{}: {got} vs {want}",
+            B::NAME
+        );
+    }
+    check::<BlockQ8_0>();
+    check::<BlockQ4_0>();
+    check::<BlockQ4K>();
+    check::<BlockQ6K>();
+}
+
+/// The SIMD activation quantizers are bit-identical to ggml's reference ones, including exact
+/// rounding ties, zero blocks and a repeated largest magnitude with both signs.
+#[test]
+fn activation_quantizers_are_bit_exact() {
+    let Some(isa) = simd() else { return };
+    let mut x = values(1023 * 256, 11);
+    // Ties: k + 0.5 after scaling by 127 / amax with amax = 127 in the first blocks.
+    for (i, v) in x[..512].iter_mut().enumerate() {
+        *v = (i % 255) as f32 - 127.0 + if i % 2 == 0 { 0.5 } else { 0.0 };
+    }
+    x[0] = 127.0;
+    x[256] = 127.0;
+    x[512..768].fill(0.0);
+    x[800] = -9.0; // −9 then +9: the first of equal magnitudes sets the sign
+    x[900] = 9.0;
+    let a = quantize_act::<BlockQ8_0>(isa, &x);
+    let b = quantize_act::<BlockQ8_0>(Isa::Scalar, &x);
+    assert!(a == b, "q8_0 activation blocks differ");
+    let a = quantize_act::<BlockQ8K>(isa, &x);
+    let b = quantize_act::<BlockQ8K>(Isa::Scalar, &x);
+    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+        assert!(p == q, "q8_k block {i} differs");
+    }
+}
+
+#[test]
+fn q8_0_rounding_trick_equals_round_for_all_fractions() {
+    // trunc(v + copysign(0.5⁻, v)) == round(v): check exhaustively on a fine grid near ties.
+    let Some(isa) = simd() else { return };
+    let mut x = Vec::new();
+    for k in -128..128 {
+        for f in [
+            -0.5000001f32,
+            -0.5,
+            -0.4999999,
+            0.0,
+            0.4999999,
+            0.5,
+            0.5000001,
+        ] {
+            x.push(k as f32 + f);
+        }
+    }
+    x.resize(x.len().div_ceil(32) * 32, 0.0);
+    // Every block gets amax = 127 exactly so `id` = 1 and the values are rounded as they are.
+    for chunk in x.chunks_exact_mut(32) {
+        chunk[31] = 127.0;
+        for v in chunk.iter_mut() {
+            *v = v.clamp(-127.0, 127.0);
+        }
+    }
+    assert!(quantize_act::<BlockQ8_0>(isa, &x) == quantize_act::<BlockQ8_0>(Isa::Scalar, &x));
+}

@@ -56,7 +56,9 @@ pub trait ActBlock: Copy + Default + Send + Sync + 'static {
 /// Implementors are `#[repr(C)]` structs of `u8`/`i8`/`i16`/`f16`/`f32` fields and arrays with
 /// no padding and ggml's exact field order, so that any `size_of::<Self>()` bytes are a valid
 /// value and a GGUF tensor's bytes can be reinterpreted as `[Self]` (see [`blocks_from_bytes`]).
-pub unsafe trait GgmlType: VecDot<Act: ActBlock> + Copy + Send + Sync + fmt::Debug + 'static {
+pub unsafe trait GgmlType:
+    VecDot<Act: ActBlock> + Copy + Send + Sync + fmt::Debug + 'static
+{
     /// Values per block.
     const BLOCK: usize;
     /// `enum ggml_type` id as stored in GGUF tensor infos.
@@ -198,5 +200,7 @@ pub(crate) fn blocks_from_bytes<B: GgmlType>(bytes: &[u8]) -> Vec<B> {
 pub(crate) fn blocks_as_bytes<B: GgmlType>(blocks: &[B]) -> &[u8] {
     // SAFETY: `GgmlType` blocks are `#[repr(C)]` with no padding, so all their bytes are
     // initialised; `u8` has alignment 1 and the length covers exactly the slice.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
 }

@@ -35,7 +35,10 @@ impl BlockQ4_0 {
         for (j, q) in qs.iter_mut().enumerate() {
             *q = nibble(x[j]) | (nibble(x[j + 16]) << 4);
         }
-        BlockQ4_0 { d: f16::from_f32(d), qs }
+        BlockQ4_0 {
+            d: f16::from_f32(d),
+            qs,
+        }
     }
 }
 

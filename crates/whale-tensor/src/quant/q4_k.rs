@@ -33,7 +33,14 @@ pub fn scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;
     const LOW2: u32 = 0x0303_0303;
-    let word = |i: usize| u32::from_le_bytes([packed[4 * i], packed[4 * i + 1], packed[4 * i + 2], packed[4 * i + 3]]);
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            packed[4 * i],
+            packed[4 * i + 1],
+            packed[4 * i + 2],
+            packed[4 * i + 3],
+        ])
+    };
     let (w0, w1, w2) = (word(0), word(1), word(2));
     let sc_lo = w0 & LOW6;
     let sc_hi = (w2 & LOW4) | (((w0 >> 6) & LOW2) << 4);
@@ -152,13 +159,25 @@ impl BlockQ4K {
             for (w, v) in weights.iter_mut().zip(xs) {
                 *w = av_x + v.abs();
             }
-            let (scale, min) = make_qkx2_quants(15, xs, &weights, &mut levels[32 * j..32 * j + 32], -1.0, 0.1, 20);
+            let (scale, min) = make_qkx2_quants(
+                15,
+                xs,
+                &weights,
+                &mut levels[32 * j..32 * j + 32],
+                -1.0,
+                0.1,
+                20,
+            );
             scales[j] = scale;
             mins[j] = min;
             max_scale = if scale > max_scale { scale } else { max_scale };
             max_min = if min > max_min { min } else { max_min };
         }
-        let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+        let inv_scale = if max_scale > 0.0 {
+            63.0 / max_scale
+        } else {
+            0.0
+        };
         let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
         let mut ls = [0u8; 8];
         let mut lm = [0u8; 8];
@@ -211,7 +230,11 @@ unsafe impl GgmlType for BlockQ4K {
         for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
             let (d, dmin) = (b.d.to_f32(), b.dmin.to_f32());
             let (sc, m) = scales_mins(&b.scales);
-            for (i, (q, y)) in b.qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+            for (i, (q, y)) in
+                b.qs.chunks_exact(32)
+                    .zip(y.chunks_exact_mut(64))
+                    .enumerate()
+            {
                 let (d1, m1) = (d * sc[2 * i] as f32, dmin * m[2 * i] as f32);
                 let (d2, m2) = (d * sc[2 * i + 1] as f32, dmin * m[2 * i + 1] as f32);
                 for l in 0..32 {

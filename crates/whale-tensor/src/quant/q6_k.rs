@@ -84,7 +84,11 @@ impl BlockQ6K {
         let mut scales = [0.0f32; 16];
         let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
         for (g, s) in scales.iter_mut().enumerate() {
-            *s = make_qx_quants(32, &x[16 * g..16 * g + 16], &mut levels[16 * g..16 * g + 16]);
+            *s = make_qx_quants(
+                32,
+                &x[16 * g..16 * g + 16],
+                &mut levels[16 * g..16 * g + 16],
+            );
             if s.abs() > max_abs_scale {
                 max_abs_scale = s.abs();
                 max_scale = *s;
@@ -115,7 +119,10 @@ impl BlockQ6K {
         }
         for h in 0..2 {
             let l = &levels[128 * h..128 * h + 128];
-            let (ql, qh) = (&mut b.ql[64 * h..64 * h + 64], &mut b.qh[32 * h..32 * h + 32]);
+            let (ql, qh) = (
+                &mut b.ql[64 * h..64 * h + 64],
+                &mut b.qh[32 * h..32 * h + 32],
+            );
             for i in 0..32 {
                 let [q1, q2, q3, q4] = [l[i], l[i + 32], l[i + 64], l[i + 96]].map(|v| v as u8);
                 ql[i] = (q1 & 0x0F) | ((q3 & 0x0F) << 4);

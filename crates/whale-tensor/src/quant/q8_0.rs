@@ -27,7 +27,10 @@ impl BlockQ8_0 {
         for (q, &v) in qs.iter_mut().zip(x) {
             *q = (v * id).round() as i8;
         }
-        BlockQ8_0 { d: f16::from_f32(d), qs }
+        BlockQ8_0 {
+            d: f16::from_f32(d),
+            qs,
+        }
     }
 }
 
@@ -40,13 +43,19 @@ unsafe impl GgmlType for BlockQ8_0 {
 
     fn quantize(x: &[f32], out: &mut [Self]) {
         debug_assert_eq!(x.len(), out.len() * <Self as GgmlType>::BLOCK);
-        for (b, chunk) in out.iter_mut().zip(x.chunks_exact(<Self as GgmlType>::BLOCK)) {
+        for (b, chunk) in out
+            .iter_mut()
+            .zip(x.chunks_exact(<Self as GgmlType>::BLOCK))
+        {
             *b = Self::quantize_block(chunk);
         }
     }
 
     fn dequantize(blocks: &[Self], out: &mut [f32]) {
-        for (b, chunk) in blocks.iter().zip(out.chunks_exact_mut(<Self as GgmlType>::BLOCK)) {
+        for (b, chunk) in blocks
+            .iter()
+            .zip(out.chunks_exact_mut(<Self as GgmlType>::BLOCK))
+        {
             let d = b.d.to_f32();
             for (o, &q) in chunk.iter_mut().zip(&b.qs) {
                 *o = q as f32 * d;

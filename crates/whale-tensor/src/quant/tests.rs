@@ -49,7 +49,9 @@ pub(crate) fn ggml_test_input(seed: u32) -> Vec<f32> {
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -105,14 +107,29 @@ const GGML_REFERENCE: [GgmlReference; 2] = [
 fn matches_ggml_reference_bytes() {
     fn check<B: GgmlType>(x: &[f32], (bytes, values): (u64, u64), seed: u32) {
         let q = quantize_all::<B>(x);
-        assert_eq!(fnv1a(blocks_as_bytes(&q)), bytes, "{} bytes, seed {seed}", B::NAME);
+        assert_eq!(
+            fnv1a(blocks_as_bytes(&q)),
+            bytes,
+            "{} bytes, seed {seed}",
+            B::NAME
+        );
         let mut y = vec![0.0f32; x.len()];
         B::dequantize(&q, &mut y);
-        assert_eq!(fnv1a(&f32_bytes(&y)), values, "{} dequantized, seed {seed}", B::NAME);
+        assert_eq!(
+            fnv1a(&f32_bytes(&y)),
+            values,
+            "{} dequantized, seed {seed}",
+            B::NAME
+        );
     }
     for r in &GGML_REFERENCE {
         let x = ggml_test_input(r.seed);
-        assert_eq!(fnv1a(&f32_bytes(&x)), r.input, "test input, seed {}", r.seed);
+        assert_eq!(
+            fnv1a(&f32_bytes(&x)),
+            r.input,
+            "test input, seed {}",
+            r.seed
+        );
         check::<BlockQ8_0>(&x, r.q8_0, r.seed);
         check::<BlockQ4_0>(&x, r.q4_0, r.seed);
         check::<BlockQ4K>(&x, r.q4_k, r.seed);
@@ -121,7 +138,9 @@ fn matches_ggml_reference_bytes() {
         BlockQ8K::quantize_ref(&x, &mut k);
         // SAFETY: BlockQ8K is repr(C) without padding (pinned in q8_k.rs), so all bytes are
         // initialised.
-        let kb = unsafe { std::slice::from_raw_parts(k.as_ptr().cast::<u8>(), std::mem::size_of_val(k.as_slice())) };
+        let kb = unsafe {
+            std::slice::from_raw_parts(k.as_ptr().cast::<u8>(), std::mem::size_of_val(k.as_slice()))
+        };
         assert_eq!(fnv1a(kb), r.q8_k, "q8_k bytes, seed {}", r.seed);
     }
 }
@@ -136,7 +155,7 @@ fn q4_0_known_block() {
     let mut b = [BlockQ4_0::default()];
     BlockQ4_0::quantize(&x, &mut b);
     assert_eq!(b[0].d.to_f32(), 0.5);
-    assert_eq!(b[0].qs[0], 0x0 | (10 << 4)); // element 0 low, element 16 high
+    assert_eq!(b[0].qs[0], 10 << 4); // element 0 (nibble 0) low, element 16 high
     assert_eq!(b[0].qs[1], 15 | (8 << 4));
     assert!(b[0].qs[2..].iter().all(|&q| q == 0x88));
     let mut y = [0.0f32; 32];
@@ -221,7 +240,15 @@ fn quant_type_parses_names() {
 
 #[test]
 fn nearest_int_rounds_ties_to_even() {
-    for (x, want) in [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3), (-7.51, -8)] {
+    for (x, want) in [
+        (0.5, 0),
+        (1.5, 2),
+        (2.5, 2),
+        (-0.5, 0),
+        (-1.5, -2),
+        (3.49, 3),
+        (-7.51, -8),
+    ] {
         assert_eq!(nearest_int(x), want, "{x}");
     }
 }

@@ -84,7 +84,7 @@ impl Shape {
 
 /// Quantizes the activations to `B::Act` blocks once, then runs the tiled integer kernels.
 fn quantized<B: GgmlType>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut [f32]) {
-    let per_token = s.cols / <B::Act as ActBlock>::VALUES;
+    let per_token = B::act_len(s.cols / B::BLOCK);
     let mut acts = vec![B::Act::default(); s.n_tokens * per_token];
     if s.n_tokens == 1 {
         B::Act::quantize_act(isa, x, &mut acts);
@@ -270,7 +270,7 @@ mod tests {
     /// many), on every instruction set.
     #[test]
     fn matmul_matches_dequantized_reference_at_odd_shapes() {
-        use crate::quant::{ActBlock, BlockQ8K, BlockQ8_0};
+        use crate::quant::{ActBlock, BlockQ8K, BlockQ8_0x8};
         for &(t, rows, cols) in &[
             (1, 1, 256),
             (2, 3, 512),
@@ -292,14 +292,16 @@ mod tests {
                     .unwrap();
                 // What the kernels see: dequantized weights, and activations through their format.
                 let mut xa = vec![0.0f32; x.len()];
-                if q.block_size() == 32 {
-                    let mut a = vec![BlockQ8_0::default(); x.len() / 32];
-                    BlockQ8_0::quantize_ref(&x, &mut a);
-                    BlockQ8_0::dequantize_act(&a, &mut xa);
-                } else {
-                    let mut a = vec![BlockQ8K::default(); x.len() / 256];
-                    BlockQ8K::quantize_ref(&x, &mut a);
-                    BlockQ8K::dequantize_act(&a, &mut xa);
+                for (x, xa) in x.chunks(cols).zip(xa.chunks_mut(cols)) {
+                    if q.block_size() == 32 {
+                        let mut a = vec![BlockQ8_0x8::default(); BlockQ8_0x8::row_len(cols)];
+                        BlockQ8_0x8::quantize_ref(x, &mut a);
+                        BlockQ8_0x8::dequantize_act(&a, xa);
+                    } else {
+                        let mut a = vec![BlockQ8K::default(); BlockQ8K::row_len(cols)];
+                        BlockQ8K::quantize_ref(x, &mut a);
+                        BlockQ8K::dequantize_act(&a, xa);
+                    }
                 }
                 let want = f64_matmul(&xa, &w.to_f32(), t, rows, cols);
                 for isa in Isa::available() {

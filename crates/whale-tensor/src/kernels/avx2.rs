@@ -10,7 +10,12 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use crate::quant::{q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, QK_K};
+use crate::quant::{
+    q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_0x8, QK_K,
+};
+
+/// Q8_0 activation blocks per group.
+const GROUP: usize = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -39,26 +44,38 @@ unsafe fn hmax_ps(v: __m256) -> f32 {
     _mm_cvtss_f32(m)
 }
 
-/// One f16 to f32 with the F16C instruction (the `half` crate's portable path is slower).
+/// One f16 scale to f32 with integer operations. A normal f16's exponent and mantissa, shifted
+/// into an f32's, need only the exponent bias added; a subnormal one is `mantissa · 2⁻²⁴`,
+/// exact as an int-to-float conversion and a power-of-two scaling. (Scales are never inf/NaN.)
+///
+/// Not `vcvtph2ps` on one lane: LLVM then inserts the value into whatever register is free —
+/// often an accumulator — and serialises the loop on it. Not a multiply of a denormal f32 by
+/// 2¹¹² either: Q6_K scales of typical weights are f16 subnormals, and denormal operands take a
+/// slow path (that cost this kernel 3× in the matmul benchmark).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_to_f32(h: f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+    let b = h.to_bits() as u32;
+    let sign = (b & 0x8000) << 16;
+    let magnitude = b & 0x7fff;
+    let abs = if magnitude >= 0x0400 {
+        f32::from_bits((magnitude << 13) + (112 << 23))
+    } else {
+        magnitude as f32 * (1.0 / 16_777_216.0)
+    };
+    f32::from_bits(abs.to_bits() | sign)
+}
+
+#[cfg(test)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f16_to_f32_for_tests(h: f16) -> f32 {
+    f16_to_f32(h)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_i8x32(p: &[i8; 32]) -> __m256i {
     _mm256_loadu_si256(p.as_ptr().cast())
-}
-
-/// Σ x·y over each four bytes as eight i32, for signed `x`, `y` (|x| ≤ 128, |y| ≤ 127): moves
-/// the sign of `x` onto `y` so `maddubs` (unsigned × signed) applies.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn mul_sum_i8_pairs(abs_x: __m256i, sign_x: __m256i, y: __m256i) -> __m256i {
-    let dot = _mm256_maddubs_epi16(abs_x, _mm256_sign_epi8(y, sign_x));
-    _mm256_madd_epi16(dot, _mm256_set1_epi16(1))
 }
 
 /// Asserts every activation row has the weight row's length, so unchecked indexing is sound.
@@ -147,31 +164,119 @@ float_dot!(dot_bf16, bf16, |p| _mm256_castsi256_ps(_mm256_slli_epi32(
 float_dot!(dot_f16, f16, |p| _mm256_cvtph_ps(_mm_loadu_si128(p.cast())));
 
 // ---------------------------------------------------------------------------------------------
-// Q8_0 and Q4_0 weights against Q8_0 activations.
+// Q8_0 and Q4_0 weights against Q8_0 activations grouped eight blocks at a time.
 
-/// Σ_blocks d_w·d_a·Σ w_q·a_q, each weight block loaded once for all `N` tokens.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[BlockQ8_0]; N]) -> [f32; N] {
-    check_lengths(w, &a);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (i, wb) in w.iter().enumerate() {
-        let qx = load_i8x32(&wb.qs);
-        let ax = _mm256_sign_epi8(qx, qx);
-        let dw = f16_to_f32(wb.d);
-        for t in 0..N {
-            // SAFETY: i < w.len() == a[t].len() (checked above).
-            let ab = a[t].get_unchecked(i);
-            let p = mul_sum_i8_pairs(ax, qx, load_i8x32(&ab.qs));
-            let d = _mm256_set1_ps(dw * f16_to_f32(ab.d));
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
+/// Generates a 32-value-block kernel. Per group of eight weight blocks: the eight scales are
+/// converted at once, each block's integer dot product (eight i32 lanes) is reduced by an
+/// `hadd` tree so the eight block sums land in one register, and one FMA applies the eight
+/// `d_w·d_a`. `unpack` turns a weight block into the unsigned `maddubs` operand plus a sign
+/// source, `product` multiplies that with activation bytes into i16 pairs, and `OFFSET·d_w·s`
+/// corrects for an offset stored in the weight levels (Q4_0's −8, via the activation sums).
+macro_rules! block32_dot {
+    ($name:ident, $wt:ty, offset: $offset:expr, unpack: $unpack:expr, product: $product:expr $(,)?) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub unsafe fn $name<const N: usize>(w: &[$wt], a: [&[BlockQ8_0x8]; N]) -> [f32; N] {
+            const OFFSET: f32 = $offset;
+            let unpack = $unpack;
+            let product = $product;
+            for row in &a {
+                assert_eq!(row.len(), w.len().div_ceil(GROUP), "activation row length");
+            }
+            let ones = _mm256_set1_epi16(1);
+            let block_sum = |q: (__m256i, __m256i), y: &[i8; 32]| {
+                _mm256_madd_epi16(product(q, load_i8x32(y)), ones)
+            };
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut acc_s = [_mm256_setzero_ps(); N];
+            let groups = w.len() / GROUP;
+            for g in 0..groups {
+                // SAFETY (all unchecked indexing below): g < groups, so blocks 8g..8g + 8 exist
+                // in `w`, and group g exists in every activation row (length checked above).
+                let wg = w.get_unchecked(GROUP * g..GROUP * g + GROUP);
+                let bits = |i: usize| wg[i].d.to_bits() as i16;
+                let dw = _mm256_cvtph_ps(_mm_setr_epi16(
+                    bits(0),
+                    bits(1),
+                    bits(2),
+                    bits(3),
+                    bits(4),
+                    bits(5),
+                    bits(6),
+                    bits(7),
+                ));
+                let mut quads = [[_mm256_setzero_si256(); 2]; N];
+                for half in 0..2 {
+                    let mut pairs = [[_mm256_setzero_si256(); 2]; N];
+                    for pair in 0..2 {
+                        let b = 4 * half + 2 * pair;
+                        let (q0, q1) = (unpack(&wg[b]), unpack(&wg[b + 1]));
+                        for t in 0..N {
+                            let ag = a[t].get_unchecked(g);
+                            let (p0, p1) = (block_sum(q0, &ag.qs[b]), block_sum(q1, &ag.qs[b + 1]));
+                            // Lanes: [b: 01 23 | b+1: 01 23] low, same for 45 67 high.
+                            pairs[t][pair] = _mm256_hadd_epi32(p0, p1);
+                        }
+                    }
+                    for t in 0..N {
+                        // Lanes: the low- and high-half sums of blocks 4·half + 0..4.
+                        quads[t][half] = _mm256_hadd_epi32(pairs[t][0], pairs[t][1]);
+                    }
+                }
+                for t in 0..N {
+                    let ag = a[t].get_unchecked(g);
+                    let [lo, hi] = quads[t];
+                    let sums = _mm256_add_epi32(
+                        _mm256_permute2x128_si256(lo, hi, 0x20),
+                        _mm256_permute2x128_si256(lo, hi, 0x31),
+                    );
+                    let d = _mm256_mul_ps(dw, _mm256_loadu_ps(ag.d.as_ptr()));
+                    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sums), acc[t]);
+                    if OFFSET != 0.0 {
+                        acc_s[t] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(ag.s.as_ptr()), acc_s[t]);
+                    }
+                }
+            }
+            let mut out = [0.0f32; N];
+            for t in 0..N {
+                let mut tail = 0.0f32;
+                for b in GROUP * groups..w.len() {
+                    // SAFETY: b < w.len() and b / GROUP < a[t].len() (checked above).
+                    let (wb, ag) = (w.get_unchecked(b), a[t].get_unchecked(b / GROUP));
+                    let i = b % GROUP;
+                    let sum = hsum_ps(_mm256_cvtepi32_ps(block_sum(unpack(wb), &ag.qs[i])));
+                    let dw = f16_to_f32(wb.d);
+                    tail += dw * ag.d[i] * sum + OFFSET * dw * ag.s[i];
+                }
+                out[t] = hsum_ps(acc[t]) + OFFSET * hsum_ps(acc_s[t]) + tail;
+            }
+            out
         }
-    }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = hsum_ps(acc[t]);
-    }
-    out
+    };
 }
+
+// Σ x·y for signed x: |x| as the unsigned operand, x's sign moved onto y.
+block32_dot!(
+    dot_q8_0,
+    BlockQ8_0,
+    offset: 0.0,
+    unpack: |b: &BlockQ8_0| {
+        let q = load_i8x32(&b.qs);
+        (_mm256_sign_epi8(q, q), q)
+    },
+    product: |(abs, sign): (__m256i, __m256i), y: __m256i| _mm256_maddubs_epi16(abs, _mm256_sign_epi8(y, sign)),
+);
+
+// Σ (n − 8)·y = Σ n·y − 8·Σ y with the 4-bit levels n unsigned: one `maddubs` per block.
+block32_dot!(
+    dot_q4_0,
+    BlockQ4_0,
+    offset: -8.0,
+    unpack: |b: &BlockQ4_0| {
+        let n = nibbles_to_bytes(&b.qs);
+        (n, n)
+    },
+    product: |(n, _): (__m256i, __m256i), y: __m256i| _mm256_maddubs_epi16(n, y),
+);
 
 /// 16 bytes of nibbles → 32 bytes 0..15: low nibbles first (elements 0..15), then high.
 #[inline]
@@ -180,30 +285,6 @@ unsafe fn nibbles_to_bytes(q: &[u8; 16]) -> __m256i {
     let lo = _mm_loadu_si128(q.as_ptr().cast());
     let hi = _mm_srli_epi16(lo, 4);
     _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
-}
-
-/// As [`dot_q8_0`] with weights `n − 8` unpacked from nibbles.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[BlockQ8_0]; N]) -> [f32; N] {
-    check_lengths(w, &a);
-    let mut acc = [_mm256_setzero_ps(); N];
-    for (i, wb) in w.iter().enumerate() {
-        let qx = _mm256_sub_epi8(nibbles_to_bytes(&wb.qs), _mm256_set1_epi8(8));
-        let ax = _mm256_sign_epi8(qx, qx);
-        let dw = f16_to_f32(wb.d);
-        for t in 0..N {
-            // SAFETY: i < w.len() == a[t].len() (checked above).
-            let ab = a[t].get_unchecked(i);
-            let p = mul_sum_i8_pairs(ax, qx, load_i8x32(&ab.qs));
-            let d = _mm256_set1_ps(dw * f16_to_f32(ab.d));
-            acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t]);
-        }
-    }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = hsum_ps(acc[t]);
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------

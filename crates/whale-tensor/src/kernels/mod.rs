@@ -65,8 +65,13 @@ pub trait VecDot: Sized + Sync {
     /// What activations are converted to before the dot product (`f32` for float weights).
     type Act: Sync;
 
-    /// `out[t] = w · a[t]` for `N` activation rows of the same length as `w` (in elements of
-    /// `Self` and `Self::Act` respectively, covering the same number of values).
+    /// Elements of `Self::Act` that cover the values of `w_len` elements of `Self`.
+    fn act_len(w_len: usize) -> usize {
+        w_len
+    }
+
+    /// `out[t] = w · a[t]` for `N` activation rows covering the same values as `w`
+    /// (`a[t].len() == act_len(w.len())`).
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[Self::Act]; N]) -> [f32; N];
 }
 

@@ -4,7 +4,12 @@
 
 use half::{bf16, f16};
 
-use crate::quant::{q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0};
+use crate::quant::{
+    q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_0x8,
+};
+
+/// Q8_0 activation blocks per group.
+const GROUP: usize = 8;
 
 /// Dot product with eight independent accumulators, so the compiler can keep them in one SIMD
 /// register without reassociating a single running sum.
@@ -63,36 +68,38 @@ pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// Σ_blocks d_w·d_a·Σ w_q·a_q.
-pub fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+/// Σ_blocks d_w·d_a·Σ w_q·a_q (activation block `b` is member `b % 8` of group `b / 8`).
+pub fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[BlockQ8_0x8]; N]) -> [f32; N] {
     a.map(|a| {
-        debug_assert_eq!(w.len(), a.len());
+        assert_eq!(a.len(), w.len().div_ceil(GROUP));
         let mut sum = 0.0f32;
-        for (wb, ab) in w.iter().zip(a) {
+        for (b, wb) in w.iter().enumerate() {
+            let (g, i) = (&a[b / GROUP], b % GROUP);
             let sumi: i32 = wb
                 .qs
                 .iter()
-                .zip(&ab.qs)
+                .zip(&g.qs[i])
                 .map(|(&x, &y)| x as i32 * y as i32)
                 .sum();
-            sum += sumi as f32 * (wb.d.to_f32() * ab.d.to_f32());
+            sum += sumi as f32 * (wb.d.to_f32() * g.d[i]);
         }
         sum
     })
 }
 
 /// Σ_blocks d_w·d_a·Σ (n − 8)·a_q, nibble `j` low = element `j`, high = element `j + 16`.
-pub fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+pub fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[BlockQ8_0x8]; N]) -> [f32; N] {
     a.map(|a| {
-        debug_assert_eq!(w.len(), a.len());
+        assert_eq!(a.len(), w.len().div_ceil(GROUP));
         let mut sum = 0.0f32;
-        for (wb, ab) in w.iter().zip(a) {
+        for (b, wb) in w.iter().enumerate() {
+            let (g, i) = (&a[b / GROUP], b % GROUP);
             let mut sumi = 0i32;
             for j in 0..16 {
-                sumi += ((wb.qs[j] & 0x0F) as i32 - 8) * ab.qs[j] as i32;
-                sumi += ((wb.qs[j] >> 4) as i32 - 8) * ab.qs[j + 16] as i32;
+                sumi += ((wb.qs[j] & 0x0F) as i32 - 8) * g.qs[i][j] as i32;
+                sumi += ((wb.qs[j] >> 4) as i32 - 8) * g.qs[i][j + 16] as i32;
             }
-            sum += sumi as f32 * (wb.d.to_f32() * ab.d.to_f32());
+            sum += sumi as f32 * (wb.d.to_f32() * g.d[i]);
         }
         sum
     })
@@ -102,7 +109,7 @@ pub fn dot_q4_0<const N: usize>(w: &[BlockQ4_0], a: [&[BlockQ8_0]; N]) -> [f32; 
 /// the mins meet the activations only through their 16-value sums.
 pub fn dot_q4_k<const N: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; N]) -> [f32; N] {
     a.map(|a| {
-        debug_assert_eq!(w.len(), a.len());
+        assert_eq!(w.len(), a.len());
         let mut sum = 0.0f32;
         for (wb, ab) in w.iter().zip(a) {
             let (sc, m) = q4k_scales_mins(&wb.scales);
@@ -128,14 +135,17 @@ pub fn dot_q4_k<const N: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; N]) -> [f32; N]
 /// Per super-block: `d·d_a·Σ_g sc_g·Σ (n − 32)·a_q` over the 16 groups of 16.
 pub fn dot_q6_k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [f32; N] {
     a.map(|a| {
-        debug_assert_eq!(w.len(), a.len());
+        assert_eq!(w.len(), a.len());
         let mut sum = 0.0f32;
         for (wb, ab) in w.iter().zip(a) {
+            let levels = wb.levels();
             let mut sumi = 0i32;
-            for g in 0..16 {
-                let s: i32 = (16 * g..16 * g + 16)
-                    .map(|i| (wb.level(i) as i32 - 32) * ab.qs[i] as i32)
-                    .sum();
+            for (g, (n, y)) in levels
+                .chunks_exact(16)
+                .zip(ab.qs.chunks_exact(16))
+                .enumerate()
+            {
+                let s: i32 = n.iter().zip(y).map(|(&n, &y)| n as i32 * y as i32).sum();
                 sumi += wb.scales[g] as i32 * s;
             }
             sum += wb.d.to_f32() * ab.d * sumi as f32;

@@ -4,7 +4,9 @@
 use half::{bf16, f16};
 
 use super::*;
-use crate::quant::{ActBlock, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, GgmlType};
+use crate::quant::{
+    ActBlock, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_0x8, GgmlType,
+};
 
 /// Block counts to test: one, a few, odd counts around SIMD and tile boundaries, and large.
 const BLOCK_COUNTS: [usize; 7] = [1, 2, 3, 7, 31, 33, 1023];
@@ -105,7 +107,7 @@ fn quantize<B: GgmlType>(x: &[f32]) -> Vec<B> {
 }
 
 fn quantize_act<A: ActBlock>(isa: Isa, x: &[f32]) -> Vec<A> {
-    let mut out = vec![A::default(); x.len() / A::VALUES];
+    let mut out = vec![A::default(); A::row_len(x.len())];
     A::quantize_act(isa, x, &mut out);
     out
 }
@@ -210,9 +212,23 @@ fn activation_quantizers_are_bit_exact() {
     x[512..768].fill(0.0);
     x[800] = -9.0; // −9 then +9: the first of equal magnitudes sets the sign
     x[900] = 9.0;
-    let a = quantize_act::<BlockQ8_0>(isa, &x);
-    let b = quantize_act::<BlockQ8_0>(Isa::Scalar, &x);
+    let a = quantize_act::<BlockQ8_0x8>(isa, &x);
+    let b = quantize_act::<BlockQ8_0x8>(Isa::Scalar, &x);
     assert!(a == b, "q8_0 activation blocks differ");
+    // ... and hold exactly ggml's Q8_0 blocks.
+    let ggml = quantize::<BlockQ8_0>(&x);
+    for (i, want) in ggml.iter().enumerate() {
+        assert_eq!(&a[i / 8].block(i % 8), want, "block {i}");
+        let sum: i32 = want.qs.iter().map(|&q| q as i32).sum();
+        assert_eq!(a[i / 8].s[i % 8], want.d.to_f32() * sum as f32);
+    }
+    // A row of 3 blocks: one group, zero-padded.
+    let short = quantize_act::<BlockQ8_0x8>(isa, &x[..96]);
+    assert_eq!(short.len(), 1);
+    assert!(
+        short[0].d[3..].iter().all(|&d| d == 0.0)
+            && short[0].qs[3..].iter().flatten().all(|&q| q == 0)
+    );
     let a = quantize_act::<BlockQ8K>(isa, &x);
     let b = quantize_act::<BlockQ8K>(Isa::Scalar, &x);
     for (i, (p, q)) in a.iter().zip(&b).enumerate() {
@@ -246,5 +262,21 @@ fn q8_0_rounding_trick_equals_round_for_all_fractions() {
             *v = v.clamp(-127.0, 127.0);
         }
     }
-    assert!(quantize_act::<BlockQ8_0>(isa, &x) == quantize_act::<BlockQ8_0>(Isa::Scalar, &x));
+    assert!(quantize_act::<BlockQ8_0x8>(isa, &x) == quantize_act::<BlockQ8_0x8>(Isa::Scalar, &x));
+}
+
+#[test]
+fn avx2_f16_scale_conversion_is_exact() {
+    if simd() != Some(Isa::Avx2) {
+        return;
+    }
+    for bits in 0..=0xffffu16 {
+        let h = f16::from_bits(bits);
+        if !h.is_finite() {
+            continue;
+        }
+        // SAFETY: AVX2, FMA and F16C were detected (simd() == Avx2).
+        let got = unsafe { super::avx2::f16_to_f32_for_tests(h) };
+        assert_eq!(got.to_bits(), h.to_f32().to_bits(), "{bits:#06x}");
+    }
 }

@@ -7,14 +7,15 @@
 //! `ggml-quants.c`, the path `llama-quantize` takes without an importance matrix), so whale and
 //! llama.cpp produce the same bytes from the same `f32` input. Dequantization is ggml's exactly.
 //!
-//! A matmul against a quantized weight quantizes the activations once (to [`BlockQ8_0`] for
-//! Q8_0/Q4_0 weights, to [`BlockQ8K`] for the K-quants) and then takes integer dot products
+//! A matmul against a quantized weight quantizes the activations once (to Q8_0 blocks, grouped
+//! eight at a time as [`BlockQ8_0x8`], for Q8_0/Q4_0 weights; to [`BlockQ8K`] for the K-quants) and then takes integer dot products
 //! block by block; [`GgmlType::Act`] names that pairing, as candle's `GgmlType::VecDotType` does.
 
 mod q4_0;
 mod q4_k;
 mod q6_k;
 mod q8_0;
+mod q8_0x8;
 mod q8_k;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use q4_0::BlockQ4_0;
 pub use q4_k::BlockQ4K;
 pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
+pub use q8_0x8::BlockQ8_0x8;
 pub use q8_k::BlockQ8K;
 
 pub(crate) use q4_k::scales_mins as q4k_scales_mins;
@@ -42,7 +44,12 @@ pub const QK_K: usize = 256;
 pub trait ActBlock: Copy + Default + Send + Sync + 'static {
     /// Values per block.
     const VALUES: usize;
-    /// ggml's reference quantization (`quantize_row_q8_*_ref`); `x.len() == out.len() * VALUES`.
+    /// Blocks holding a row of `cols` values (the last one zero-padded where allowed).
+    fn row_len(cols: usize) -> usize {
+        cols.div_ceil(Self::VALUES)
+    }
+    /// ggml's reference quantization (`quantize_row_q8_*_ref`) of one row;
+    /// `out.len() == row_len(x.len())`.
     fn quantize_ref(x: &[f32], out: &mut [Self]);
     /// Same result as [`ActBlock::quantize_ref`], bit for bit, with the fastest kernel `isa` has.
     fn quantize_act(isa: Isa, x: &[f32], out: &mut [Self]);

@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use super::{BlockQ8_0, GgmlType};
+use super::{BlockQ8_0x8, GgmlType};
 use crate::kernels::{self, Isa, VecDot};
 
 /// ggml's `block_q4_0`.
@@ -68,10 +68,14 @@ unsafe impl GgmlType for BlockQ4_0 {
 }
 
 impl VecDot for BlockQ4_0 {
-    type Act = BlockQ8_0;
+    type Act = BlockQ8_0x8;
+
+    fn act_len(w_len: usize) -> usize {
+        w_len.div_ceil(8)
+    }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [f32; N] {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.

@@ -133,14 +133,21 @@ impl BlockQ6K {
         b
     }
 
-    /// The 6-bit level (0..64) of element `i`.
+    /// All 256 values as signed levels `n − 32`, in element order.
     #[inline]
-    pub(crate) fn level(&self, i: usize) -> u8 {
-        let (h, k, l) = (i / 128, (i % 128) / 32, i % 32);
-        let ql = self.ql[64 * h + l + 32 * (k & 1)];
-        let low = if k < 2 { ql & 0x0F } else { ql >> 4 };
-        let high = (self.qh[32 * h + l] >> (2 * k)) & 3;
-        low | (high << 4)
+    pub(crate) fn levels(&self) -> [i8; QK_K] {
+        let mut out = [0i8; QK_K];
+        for h in 0..2 {
+            let (ql, qh) = (&self.ql[64 * h..64 * h + 64], &self.qh[32 * h..32 * h + 32]);
+            let y = &mut out[128 * h..128 * h + 128];
+            for l in 0..32 {
+                y[l] = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i8 - 32;
+                y[l + 32] = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                y[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                y[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+            }
+        }
+        out
     }
 }
 
@@ -161,8 +168,8 @@ unsafe impl GgmlType for BlockQ6K {
     fn dequantize(blocks: &[Self], out: &mut [f32]) {
         for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
             let d = b.d.to_f32();
-            for (i, y) in y.iter_mut().enumerate() {
-                *y = d * b.scales[i / 16] as f32 * (b.level(i) as i32 - 32) as f32;
+            for (i, (y, &n)) in y.iter_mut().zip(&b.levels()).enumerate() {
+                *y = d * b.scales[i / 16] as f32 * n as f32;
             }
         }
     }

@@ -1,9 +1,10 @@
 //! Q8_0: 32 values as `d · q` with one f16 scale `d` and 32 signed bytes `q` (34 bytes).
-//! Both a weight format and the activation format Q8_0/Q4_0 weights are multiplied with.
+//! A weight format, and (grouped as [`super::BlockQ8_0x8`]) what activations are quantized to
+//! for Q8_0 and Q4_0 weights.
 
 use half::f16;
 
-use super::{ActBlock, GgmlType};
+use super::{BlockQ8_0x8, GgmlType};
 use crate::kernels::{self, Isa, VecDot};
 
 /// ggml's `block_q8_0`.
@@ -42,20 +43,14 @@ unsafe impl GgmlType for BlockQ8_0 {
     const NAME: &'static str = "q8_0";
 
     fn quantize(x: &[f32], out: &mut [Self]) {
-        debug_assert_eq!(x.len(), out.len() * <Self as GgmlType>::BLOCK);
-        for (b, chunk) in out
-            .iter_mut()
-            .zip(x.chunks_exact(<Self as GgmlType>::BLOCK))
-        {
+        debug_assert_eq!(x.len(), out.len() * Self::BLOCK);
+        for (b, chunk) in out.iter_mut().zip(x.chunks_exact(Self::BLOCK)) {
             *b = Self::quantize_block(chunk);
         }
     }
 
     fn dequantize(blocks: &[Self], out: &mut [f32]) {
-        for (b, chunk) in blocks
-            .iter()
-            .zip(out.chunks_exact_mut(<Self as GgmlType>::BLOCK))
-        {
+        for (b, chunk) in blocks.iter().zip(out.chunks_exact_mut(Self::BLOCK)) {
             let d = b.d.to_f32();
             for (o, &q) in chunk.iter_mut().zip(&b.qs) {
                 *o = q as f32 * d;
@@ -64,32 +59,15 @@ unsafe impl GgmlType for BlockQ8_0 {
     }
 }
 
-impl ActBlock for BlockQ8_0 {
-    const VALUES: usize = 32;
-
-    fn quantize_ref(x: &[f32], out: &mut [Self]) {
-        <Self as GgmlType>::quantize(x, out);
-    }
-
-    fn quantize_act(isa: Isa, x: &[f32], out: &mut [Self]) {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
-            Isa::Avx2 => unsafe { kernels::avx2::quantize_q8_0(x, out) },
-            _ => Self::quantize_ref(x, out),
-        }
-    }
-
-    fn dequantize_act(blocks: &[Self], out: &mut [f32]) {
-        <Self as GgmlType>::dequantize(blocks, out);
-    }
-}
-
 impl VecDot for BlockQ8_0 {
-    type Act = BlockQ8_0;
+    type Act = BlockQ8_0x8;
+
+    fn act_len(w_len: usize) -> usize {
+        w_len.div_ceil(8)
+    }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0]; N]) -> [f32; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [f32; N] {
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.

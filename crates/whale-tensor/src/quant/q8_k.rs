@@ -62,7 +62,11 @@ impl ActBlock for BlockQ8K {
     const VALUES: usize = QK_K;
 
     fn quantize_ref(x: &[f32], out: &mut [Self]) {
-        debug_assert_eq!(x.len(), out.len() * QK_K);
+        assert_eq!(
+            x.len(),
+            out.len() * QK_K,
+            "Q8_K rows are whole super-blocks"
+        );
         for (b, chunk) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
             *b = Self::quantize_block(chunk);
         }

@@ -1,1 +1,20 @@
-//! whale-tokenizer
+//! whale-tokenizer: loads a Hugging Face model folder's tokenizer, renders its chat template and
+//! detokenizes a stream of generated ids (SPEC §7.2, §7.3).
+//!
+//! * [`Tokenizer`] wraps the `tokenizers` crate (byte-level BPE for every DeepSeek model) and adds
+//!   what `tokenizer_config.json` says: special tokens, `add_bos_token`, the chat template.
+//! * [`Tokenizer::apply_chat_template`] renders with minijinja configured like transformers'
+//!   jinja2 sandbox, so the text matches `apply_chat_template(tokenize=False)`.
+//! * [`StreamDecoder`] turns ids pushed one at a time into text without ever splitting a
+//!   multi-byte character.
+
+mod chat;
+mod error;
+mod python_compat;
+mod stream;
+mod tokenizer;
+
+pub use chat::ChatMessage;
+pub use error::TokenizerError;
+pub use stream::StreamDecoder;
+pub use tokenizer::Tokenizer;

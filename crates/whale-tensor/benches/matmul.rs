@@ -112,7 +112,7 @@ fn main() {
                     .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
                     .collect();
                 let fast = time_matmul(isa, &copies, &x, t, config.quick);
-                let scalar = time_matmul(Isa::Scalar, &copies, &x, t, true);
+                let scalar = time_matmul(Isa::SCALAR, &copies, &x, t, true);
                 let bytes = copies[0].storage_bytes() as f64;
                 let flops = 2.0 * (rows * cols * t) as f64;
                 let gbs = bytes / fast / 1e9;
@@ -157,7 +157,7 @@ fn cache_resident(isa: Isa, config: &Config) -> String {
         let (fast, scalar) = pool.install(|| {
             (
                 time_matmul(isa, std::slice::from_ref(&w), &x, 1, true),
-                time_matmul(Isa::Scalar, std::slice::from_ref(&w), &x, 1, true),
+                time_matmul(Isa::SCALAR, std::slice::from_ref(&w), &x, 1, true),
             )
         });
         let bytes = w.storage_bytes() as f64;

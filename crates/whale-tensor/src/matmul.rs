@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{scalar, Isa, VecDot};
+use crate::kernels::{Isa, VecDot};
 use crate::quant::{ActBlock, GgmlType};
 use crate::threads;
 use crate::weight::{Weight, WeightData};
@@ -26,18 +26,12 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Weight, n_tokens: usize) {
     matmul_with(Isa::detect(), out, x, w, n_tokens);
 }
 
-/// [`matmul`] with an explicit instruction set (`Isa::Scalar` is the reference path; benchmarks
+/// [`matmul`] with an explicit instruction set (`Isa::SCALAR` is the reference path; benchmarks
 /// and tests compare the two in one process).
 pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: usize) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(x.len(), n_tokens * cols, "matmul input length");
     assert_eq!(out.len(), n_tokens * rows, "matmul output length");
-    // A Scalar-on-AVX2 request is honoured; an AVX2 request on a CPU without it is not.
-    let isa = if isa == Isa::Avx2 && Isa::detect() != Isa::Avx2 {
-        Isa::Scalar
-    } else {
-        isa
-    };
     if n_tokens == 0 || rows == 0 {
         return;
     }
@@ -169,10 +163,7 @@ fn tiled<W: VecDot>(isa: Isa, s: Shape, w: &[W], acts: &[W::Act], out: &mut [f32
 fn decoded(isa: Isa, s: Shape, w: &Weight, x: &[f32], out: &mut [f32]) {
     let out = SharedOut::new(out);
     let rows_per_task = s.rows_per_task();
-    let dot = |a: &[f32], b: &[f32]| match isa {
-        Isa::Scalar => scalar::dot_f32(a, b),
-        _ => f32::dot_tile(isa, a, [b])[0],
-    };
+    let dot = |a: &[f32], b: &[f32]| f32::dot_tile(isa, a, [b])[0];
     (0..s.rows)
         .into_par_iter()
         .step_by(rows_per_task)

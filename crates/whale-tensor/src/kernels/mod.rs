@@ -17,9 +17,14 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
-/// Instruction sets with their own kernels.
+/// An instruction set with its own kernels, as detected on this CPU. Only [`Isa::detect`] and
+/// [`Isa::available`] can produce a SIMD value, so holding one proves the CPU supports it and
+/// the safe kernel entry points may call `#[target_feature]` code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Isa {
+pub struct Isa(pub(crate) IsaKind);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum IsaKind {
     /// Portable Rust; the reference every SIMD kernel is tested against.
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (Haswell, Zen and later).
@@ -27,6 +32,9 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// The portable reference kernels, available everywhere.
+    pub const SCALAR: Isa = Isa(IsaKind::Scalar);
+
     /// The best instruction set this CPU supports, detected on first call and cached.
     pub fn detect() -> Isa {
         static DETECTED: OnceLock<Isa> = OnceLock::new();
@@ -36,25 +44,25 @@ impl Isa {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
-                return Isa::Avx2;
+                return Isa(IsaKind::Avx2);
             }
-            Isa::Scalar
+            Isa::SCALAR
         })
     }
 
     /// Every instruction set this CPU can run, scalar first (for tests and benchmarks).
     pub fn available() -> Vec<Isa> {
-        let mut all = vec![Isa::Scalar];
-        if Isa::detect() == Isa::Avx2 {
-            all.push(Isa::Avx2);
+        let mut all = vec![Isa::SCALAR];
+        if Isa::detect() != Isa::SCALAR {
+            all.push(Isa::detect());
         }
         all
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Isa::Scalar => "scalar",
-            Isa::Avx2 => "avx2",
+        match self.0 {
+            IsaKind::Scalar => "scalar",
+            IsaKind::Avx2 => "avx2",
         }
     }
 }
@@ -80,10 +88,10 @@ impl VecDot for f32 {
 
     #[inline]
     fn dot_tile<const N: usize>(isa: Isa, w: &[f32], a: [&[f32]; N]) -> [f32; N] {
-        match isa {
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
-            Isa::Avx2 => unsafe { avx2::dot_f32(w, a) },
+            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 => unsafe { avx2::dot_f32(w, a) },
             _ => a.map(|a| scalar::dot_f32(w, a)),
         }
     }
@@ -94,10 +102,10 @@ impl VecDot for bf16 {
 
     #[inline]
     fn dot_tile<const N: usize>(isa: Isa, w: &[bf16], a: [&[f32]; N]) -> [f32; N] {
-        match isa {
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
-            Isa::Avx2 => unsafe { avx2::dot_bf16(w, a) },
+            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 => unsafe { avx2::dot_bf16(w, a) },
             _ => a.map(|a| scalar::dot_bf16(w, a)),
         }
     }
@@ -108,10 +116,10 @@ impl VecDot for f16 {
 
     #[inline]
     fn dot_tile<const N: usize>(isa: Isa, w: &[f16], a: [&[f32]; N]) -> [f32; N] {
-        match isa {
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
-            Isa::Avx2 => unsafe { avx2::dot_f16(w, a) },
+            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 => unsafe { avx2::dot_f16(w, a) },
             _ => a.map(|a| scalar::dot_f16(w, a)),
         }
     }

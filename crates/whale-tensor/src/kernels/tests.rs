@@ -39,7 +39,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn simd() -> Option<Isa> {
-    Isa::available().into_iter().find(|&i| i != Isa::Scalar)
+    Isa::available().into_iter().find(|&i| i != Isa::SCALAR)
 }
 
 fn assert_close(got: f32, want: f32, scale: f32, rel: f32, what: &str) {
@@ -67,7 +67,7 @@ fn check_float<W: VecDot<Act = f32> + Copy>(
         macro_rules! tile {
             ($($t:literal),*) => {{
                 let got = W::dot_tile(isa, &w, [$(xs[$t].as_slice()),*]);
-                let want = W::dot_tile(Isa::Scalar, &w, [$(xs[$t].as_slice()),*]);
+                let want = W::dot_tile(Isa::SCALAR, &w, [$(xs[$t].as_slice()),*]);
                 for t in 0..got.len() {
                     assert_close(got[t], want[t], scale(t), FLOAT_DOT_REL, &format!("{name} n={n} token {t}/{}", got.len()));
                 }
@@ -123,7 +123,7 @@ fn check_quant<B: GgmlType>() {
             v
         };
         let xs: Vec<Vec<f32>> = (0..4).map(|t| values(n, 20 + t)).collect();
-        let acts: Vec<Vec<B::Act>> = xs.iter().map(|x| quantize_act(Isa::Scalar, x)).collect();
+        let acts: Vec<Vec<B::Act>> = xs.iter().map(|x| quantize_act(Isa::SCALAR, x)).collect();
         let scale = |t: usize| {
             wf.iter()
                 .zip(&xs[t])
@@ -133,7 +133,7 @@ fn check_quant<B: GgmlType>() {
         macro_rules! tile {
             ($($t:literal),*) => {{
                 let got = B::dot_tile(isa, &w, [$(acts[$t].as_slice()),*]);
-                let want = B::dot_tile(Isa::Scalar, &w, [$(acts[$t].as_slice()),*]);
+                let want = B::dot_tile(Isa::SCALAR, &w, [$(acts[$t].as_slice()),*]);
                 for t in 0..got.len() {
                     let what = format!("{} blocks={blocks} token {t}/{}", B::NAME, got.len());
                     assert_close(got[t], want[t], scale(t), QUANT_DOT_REL, &what);
@@ -174,7 +174,7 @@ fn scalar_quant_dots_equal_dequantized_dots() {
     fn check<B: GgmlType>() {
         let n = 7 * 256;
         let w = quantize::<B>(&values(n, 8));
-        let a: Vec<B::Act> = quantize_act(Isa::Scalar, &values(n, 9));
+        let a: Vec<B::Act> = quantize_act(Isa::SCALAR, &values(n, 9));
         let (mut wf, mut af) = (vec![0.0f32; n], vec![0.0f32; n]);
         B::dequantize(&w, &mut wf);
         <B::Act as ActBlock>::dequantize_act(&a, &mut af);
@@ -184,7 +184,7 @@ fn scalar_quant_dots_equal_dequantized_dots() {
             .zip(&af)
             .map(|(x, y)| (*x as f64 * *y as f64).abs())
             .sum();
-        let [got] = B::dot_tile(Isa::Scalar, &w, [&a]);
+        let [got] = B::dot_tile(Isa::SCALAR, &w, [&a]);
         assert!(
             (got as f64 - want).abs() <= 1e-5 * scale,
             "{}: {got} vs {want}",
@@ -213,7 +213,7 @@ fn activation_quantizers_are_bit_exact() {
     x[800] = -9.0; // −9 then +9: the first of equal magnitudes sets the sign
     x[900] = 9.0;
     let a = quantize_act::<BlockQ8_0x8>(isa, &x);
-    let b = quantize_act::<BlockQ8_0x8>(Isa::Scalar, &x);
+    let b = quantize_act::<BlockQ8_0x8>(Isa::SCALAR, &x);
     assert!(a == b, "q8_0 activation blocks differ");
     // ... and hold exactly ggml's Q8_0 blocks.
     let ggml = quantize::<BlockQ8_0>(&x);
@@ -230,7 +230,7 @@ fn activation_quantizers_are_bit_exact() {
             && short[0].qs[3..].iter().flatten().all(|&q| q == 0)
     );
     let a = quantize_act::<BlockQ8K>(isa, &x);
-    let b = quantize_act::<BlockQ8K>(Isa::Scalar, &x);
+    let b = quantize_act::<BlockQ8K>(Isa::SCALAR, &x);
     for (i, (p, q)) in a.iter().zip(&b).enumerate() {
         assert!(p == q, "q8_k block {i} differs");
     }
@@ -262,12 +262,12 @@ fn q8_0_rounding_trick_equals_round_for_all_fractions() {
             *v = v.clamp(-127.0, 127.0);
         }
     }
-    assert!(quantize_act::<BlockQ8_0x8>(isa, &x) == quantize_act::<BlockQ8_0x8>(Isa::Scalar, &x));
+    assert!(quantize_act::<BlockQ8_0x8>(isa, &x) == quantize_act::<BlockQ8_0x8>(Isa::SCALAR, &x));
 }
 
 #[test]
 fn avx2_f16_scale_conversion_is_exact() {
-    if simd() != Some(Isa::Avx2) {
+    if simd().map(|i| i.0) != Some(IsaKind::Avx2) {
         return;
     }
     for bits in 0..=0xffffu16 {

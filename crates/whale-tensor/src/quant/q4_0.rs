@@ -4,7 +4,7 @@
 use half::f16;
 
 use super::{BlockQ8_0x8, GgmlType};
-use crate::kernels::{self, Isa, VecDot};
+use crate::kernels::{self, Isa, IsaKind, VecDot};
 
 /// ggml's `block_q4_0`.
 #[repr(C)]
@@ -76,10 +76,10 @@ impl VecDot for BlockQ4_0 {
 
     #[inline]
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [f32; N] {
-        match isa {
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
-            Isa::Avx2 => unsafe { kernels::avx2::dot_q4_0(w, a) },
+            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 => unsafe { kernels::avx2::dot_q4_0(w, a) },
             _ => kernels::scalar::dot_q4_0(w, a),
         }
     }

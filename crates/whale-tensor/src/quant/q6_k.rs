@@ -5,7 +5,7 @@
 use half::f16;
 
 use super::{nearest_int, BlockQ8K, GgmlType, QK_K};
-use crate::kernels::{self, Isa, VecDot};
+use crate::kernels::{self, Isa, IsaKind, VecDot};
 
 /// ggml's `block_q6_K`.
 ///
@@ -180,10 +180,10 @@ impl VecDot for BlockQ6K {
 
     #[inline]
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8K]; N]) -> [f32; N] {
-        match isa {
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
-            Isa::Avx2 => unsafe { kernels::avx2::dot_q6_k(w, a) },
+            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 => unsafe { kernels::avx2::dot_q6_k(w, a) },
             _ => kernels::scalar::dot_q6_k(w, a),
         }
     }

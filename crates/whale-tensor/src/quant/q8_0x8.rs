@@ -7,7 +7,7 @@
 use half::f16;
 
 use super::{ActBlock, BlockQ8_0, GgmlType};
-use crate::kernels::{self, Isa};
+use crate::kernels::{self, Isa, IsaKind};
 
 /// Blocks per group.
 pub const GROUP: usize = 8;
@@ -77,10 +77,10 @@ impl ActBlock for BlockQ8_0x8 {
     }
 
     fn quantize_act(isa: Isa, x: &[f32], out: &mut [Self]) {
-        match isa {
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Self::quantize_with(x, out, |x, b| {
-                // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
+            IsaKind::Avx2 => Self::quantize_with(x, out, |x, b| {
+                // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
                 unsafe { kernels::avx2::quantize_q8_0(x, b) }
             }),
             _ => Self::quantize_ref(x, out),

@@ -3,7 +3,7 @@
 //! minimum or offset into one multiply per 16 values).
 
 use super::{nearest_int, ActBlock, QK_K};
-use crate::kernels::{self, Isa};
+use crate::kernels::{self, Isa, IsaKind};
 
 /// ggml's `block_q8_K`.
 #[repr(C)]
@@ -73,10 +73,10 @@ impl ActBlock for BlockQ8K {
     }
 
     fn quantize_act(isa: Isa, x: &[f32], out: &mut [Self]) {
-        match isa {
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only constructed when AVX2, FMA and F16C were detected.
-            Isa::Avx2 => unsafe { kernels::avx2::quantize_q8_k(x, out) },
+            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 => unsafe { kernels::avx2::quantize_q8_k(x, out) },
             _ => Self::quantize_ref(x, out),
         }
     }

@@ -7,13 +7,10 @@ committed; only the ids and strings below are). Then:
 
     /work/refenv/bin/python scripts/make_tokenizer_fixtures.py
 
-BOS policy: transformers 5 ignores `add_bos_token` from tokenizer_config.json whenever a
-tokenizer.json exists, and DeepSeek-V3's tokenizer.json post-processor (ByteLevel) adds nothing, so
-a default `AutoTokenizer` encodes plain text *without* BOS. transformers 4 (LlamaTokenizerFast),
-llama.cpp and SPEC §7.2 honour `add_bos_token: true` and prepend BOS; whale does the same. To get
-that behaviour from transformers 5 as the oracle we pass the config's add_bos_token/add_eos_token
-explicitly, which makes it rebuild the post-processor as `BOS $A`. The default behaviour is recorded
-as `hf_default_adds_bos` for the record.
+BOS policy: the oracle is a default `AutoTokenizer` of transformers 5, which ignores
+`add_bos_token` from tokenizer_config.json whenever a tokenizer.json exists; DeepSeek-V3's
+tokenizer.json post-processor (ByteLevel) adds nothing, so plain text encodes *without* BOS
+(`hf_default_adds_bos` records this). whale follows the post-processor the same way.
 """
 
 import hashlib
@@ -143,14 +140,8 @@ def main() -> int:
     if not (ASSETS / "tokenizer.json").is_file():
         print(f"missing {ASSETS}; run scripts/fetch_test_assets.sh first", file=sys.stderr)
         return 1
-    config = json.loads((ASSETS / "tokenizer_config.json").read_text(encoding="utf-8"))
-    tok = AutoTokenizer.from_pretrained(
-        ASSETS,
-        add_bos_token=config.get("add_bos_token", False),
-        add_eos_token=config.get("add_eos_token", False),
-    )
-    default_tok = AutoTokenizer.from_pretrained(ASSETS)
-    hf_default_adds_bos = default_tok("x").input_ids[:1] == [default_tok.bos_token_id]
+    tok = AutoTokenizer.from_pretrained(ASSETS)
+    hf_default_adds_bos = tok("x").input_ids[:1] == [tok.bos_token_id]
 
     texts = []
     for text in TEXTS:
@@ -172,7 +163,7 @@ def main() -> int:
         rendered = tok.apply_chat_template(chat["messages"], tokenize=False, add_generation_prompt=gen)
         ids = tok.apply_chat_template(chat["messages"], tokenize=True, add_generation_prompt=gen, return_dict=False)
         # The default tokenizer must agree: chat rendering never depends on the BOS policy.
-        assert ids == default_tok.apply_chat_template(
+        assert ids == tok.apply_chat_template(
             chat["messages"], tokenize=True, add_generation_prompt=gen, return_dict=False
         )
         chats.append(

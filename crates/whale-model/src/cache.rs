@@ -61,7 +61,10 @@ impl LatentCache {
     pub fn export(&self, range: std::ops::Range<usize>) -> Vec<Vec<f32>> {
         assert!(range.end <= self.len, "export past the cached positions");
         let span = range.start * self.latent_dim..range.end * self.latent_dim;
-        self.layers.iter().map(|l| l[span.clone()].to_vec()).collect()
+        self.layers
+            .iter()
+            .map(|l| l[span.clone()].to_vec())
+            .collect()
     }
 
     /// Appends positions exported by [`LatentCache::export`] (same model, same order);
@@ -71,7 +74,11 @@ impl LatentCache {
         let n = per_layer[0].len() / self.latent_dim;
         assert!(self.len + n <= self.capacity, "import past the capacity");
         for (layer, rows) in per_layer.iter().enumerate() {
-            assert_eq!(rows.len(), n * self.latent_dim, "same positions in every layer");
+            assert_eq!(
+                rows.len(),
+                n * self.latent_dim,
+                "same positions in every layer"
+            );
             self.append(layer, rows);
         }
         self.commit(n);

@@ -58,7 +58,9 @@ impl Checkpoint {
             if files.is_empty() {
                 return Err(ModelError::Checkpoint {
                     path: dir.to_path_buf(),
-                    message: "no model.safetensors, model.safetensors.index.json or *.safetensors file".into(),
+                    message:
+                        "no model.safetensors, model.safetensors.index.json or *.safetensors file"
+                            .into(),
                 });
             }
             (files, None)
@@ -81,7 +83,9 @@ impl Checkpoint {
                 if found != Some(true) {
                     return Err(ModelError::Checkpoint {
                         path: dir.join("model.safetensors.index.json"),
-                        message: format!("tensor `{name}` is mapped to {file} but that file does not hold it"),
+                        message: format!(
+                            "tensor `{name}` is mapped to {file} but that file does not hold it"
+                        ),
                     });
                 }
             }
@@ -106,7 +110,8 @@ impl Checkpoint {
         };
         // `deserialize` validates the header: its length, the JSON, and that the data
         // offsets are contiguous, match each dtype × shape and fit inside the file.
-        let st = SafeTensors::deserialize(&mmap).map_err(|e| bad(format!("invalid safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(&mmap)
+            .map_err(|e| bad(format!("invalid safetensors file: {e}")))?;
         let file_idx = self.files.len();
         let base = mmap.as_ptr() as usize;
         for (name, view) in st.tensors() {
@@ -115,7 +120,11 @@ impl Checkpoint {
                 Dtype::F16 => DType::F16,
                 Dtype::BF16 => DType::Bf16,
                 Dtype::F8_E4M3 => DType::F8E4M3,
-                other => return Err(bad(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+                other => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has unsupported dtype {other:?}"
+                    )))
+                }
             };
             let start = view.data().as_ptr() as usize - base;
             let entry = Entry {
@@ -192,13 +201,17 @@ impl<'a> WeightLoader<'a> {
     /// Looks up `name` and checks its shape; records a problem and returns `None` if either fails.
     fn entry(&mut self, name: &str, shape: &[usize]) -> Option<&'a Entry> {
         let Some(e) = self.ckpt.tensors.get(name) else {
-            self.problems.push(format!("missing tensor `{name}` (expected shape {shape:?})"));
+            self.problems.push(format!(
+                "missing tensor `{name}` (expected shape {shape:?})"
+            ));
             return None;
         };
         self.used.insert(name.to_string());
         if e.shape != shape {
-            self.problems
-                .push(format!("tensor `{name}` has shape {:?}, expected {shape:?}", e.shape));
+            self.problems.push(format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                e.shape
+            ));
             return None;
         }
         Some(e)
@@ -212,8 +225,18 @@ impl<'a> WeightLoader<'a> {
         let bytes = self.ckpt.bytes(e);
         let data = match e.dtype {
             DType::F32 => WeightData::F32(to_f32(DType::F32, bytes)),
-            DType::F16 => WeightData::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
-            DType::Bf16 => WeightData::Bf16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+            DType::F16 => WeightData::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
+            DType::Bf16 => WeightData::Bf16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| bf16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            ),
             DType::F8E4M3 => {
                 let block = self.fp8_block;
                 let scale_name = format!("{name}_scale_inv");
@@ -222,12 +245,16 @@ impl<'a> WeightLoader<'a> {
                     return placeholder();
                 };
                 if s.dtype == DType::F8E4M3 {
-                    self.problems.push(format!("scale tensor `{scale_name}` must be a float type, not FP8"));
+                    self.problems.push(format!(
+                        "scale tensor `{scale_name}` must be a float type, not FP8"
+                    ));
                     return placeholder();
                 }
                 let scales = to_f32(s.dtype, self.ckpt.bytes(s));
                 if let Some(bad) = scales.iter().find(|v| !v.is_finite()) {
-                    self.problems.push(format!("scale tensor `{scale_name}` holds a non-finite value {bad}"));
+                    self.problems.push(format!(
+                        "scale tensor `{scale_name}` holds a non-finite value {bad}"
+                    ));
                 }
                 WeightData::Fp8Block {
                     values: bytes.to_vec(),
@@ -243,7 +270,8 @@ impl<'a> WeightLoader<'a> {
     pub fn vector(&mut self, name: &str, len: usize) -> Vec<f32> {
         match self.entry(name, &[len]) {
             Some(e) if e.dtype == DType::F8E4M3 => {
-                self.problems.push(format!("tensor `{name}` is FP8; only matrices may be FP8"));
+                self.problems
+                    .push(format!("tensor `{name}` is FP8; only matrices may be FP8"));
                 vec![0.0; len]
             }
             Some(e) => to_f32(e.dtype, self.ckpt.bytes(e)),

@@ -141,7 +141,7 @@ impl Config {
     pub fn is_moe_layer(&self, i: usize) -> bool {
         self.moe
             .as_ref()
-            .is_some_and(|m| i >= m.first_k_dense_replace && i % m.moe_layer_freq == 0)
+            .is_some_and(|m| i >= m.first_k_dense_replace && i.is_multiple_of(m.moe_layer_freq))
     }
 
     /// Softmax scale of attention logits: `d_qk^-0.5 · m²` with YaRN's
@@ -249,18 +249,19 @@ impl Parser<'_> {
     }
 
     fn config(&self) -> Result<Config> {
-        let model_type = match self.opt_str("model_type")? {
-            Some("deepseek_v2") => ModelType::DeepseekV2,
-            // Kimi-K2 ships `kimi_k2` with the DeepseekV3 architecture.
-            Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
-            Some(other) => {
-                return Err(self.err(
+        let model_type =
+            match self.opt_str("model_type")? {
+                Some("deepseek_v2") => ModelType::DeepseekV2,
+                // Kimi-K2 ships `kimi_k2` with the DeepseekV3 architecture.
+                Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
+                Some(other) => return Err(self.err(
                     "model_type",
-                    format!("unsupported model type {other:?} (expected deepseek_v2 or deepseek_v3)"),
-                ))
-            }
-            None => return Err(self.err("model_type", "missing")),
-        };
+                    format!(
+                        "unsupported model type {other:?} (expected deepseek_v2 or deepseek_v3)"
+                    ),
+                )),
+                None => return Err(self.err("model_type", "missing")),
+            };
         let hidden_size = self.dim("hidden_size")?;
         let num_attention_heads = self.dim("num_attention_heads")?;
         let q_lora_rank = match self.opt_usize("q_lora_rank")? {
@@ -301,7 +302,7 @@ impl Parser<'_> {
             tie_word_embeddings: self.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             fp8_block: self.fp8_block()?,
         };
-        if config.qk_rope_head_dim % 2 != 0 {
+        if !config.qk_rope_head_dim.is_multiple_of(2) {
             return Err(self.err("qk_rope_head_dim", "must be even (rotary pairs)"));
         }
         if let Some(k) = self.opt_usize("num_key_value_heads")? {
@@ -377,8 +378,14 @@ impl Parser<'_> {
                     factor,
                     original_max_position_embeddings: original,
                     // transformers treats 0/absent as the paper's defaults.
-                    beta_fast: self.f64_in(params, "beta_fast")?.filter(|&b| b != 0.0).unwrap_or(32.0),
-                    beta_slow: self.f64_in(params, "beta_slow")?.filter(|&b| b != 0.0).unwrap_or(1.0),
+                    beta_fast: self
+                        .f64_in(params, "beta_fast")?
+                        .filter(|&b| b != 0.0)
+                        .unwrap_or(32.0),
+                    beta_slow: self
+                        .f64_in(params, "beta_slow")?
+                        .filter(|&b| b != 0.0)
+                        .unwrap_or(1.0),
                     mscale: self.f64_in(params, "mscale")?,
                     mscale_all_dim: self.f64_in(params, "mscale_all_dim")?,
                     attention_factor: self.f64_in(params, "attention_factor")?,
@@ -418,12 +425,12 @@ impl Parser<'_> {
             Some("greedy") => TopkMethod::Greedy,
             Some("group_limited_greedy") => TopkMethod::GroupLimitedGreedy,
             Some("noaux_tc") => TopkMethod::NoauxTc,
-            Some(other) => {
-                return Err(self.err(
-                    "topk_method",
-                    format!("unknown method {other:?} (expected greedy, group_limited_greedy or noaux_tc)"),
-                ))
-            }
+            Some(other) => return Err(self.err(
+                "topk_method",
+                format!(
+                    "unknown method {other:?} (expected greedy, group_limited_greedy or noaux_tc)"
+                ),
+            )),
         };
         let scoring_func = match self.opt_str("scoring_func")? {
             None => default_scoring,
@@ -445,11 +452,16 @@ impl Parser<'_> {
         if n_routed_experts % n_group != 0 {
             return Err(self.err(
                 "n_group",
-                format!("n_routed_experts {n_routed_experts} is not divisible by n_group {n_group}"),
+                format!(
+                    "n_routed_experts {n_routed_experts} is not divisible by n_group {n_group}"
+                ),
             ));
         }
         if topk_group == 0 || topk_group > n_group {
-            return Err(self.err("topk_group", format!("{topk_group} must be in 1..=n_group ({n_group})")));
+            return Err(self.err(
+                "topk_group",
+                format!("{topk_group} must be in 1..=n_group ({n_group})"),
+            ));
         }
         let per_group = n_routed_experts / n_group;
         let eligible = match topk_method {
@@ -463,7 +475,10 @@ impl Parser<'_> {
             ));
         }
         if topk_method == TopkMethod::NoauxTc && n_group > 1 && per_group < 2 {
-            return Err(self.err("n_group", "noaux_tc ranks groups by their top-2 scores: each group needs ≥ 2 experts"));
+            return Err(self.err(
+                "n_group",
+                "noaux_tc ranks groups by their top-2 scores: each group needs ≥ 2 experts",
+            ));
         }
         if topk_method == TopkMethod::NoauxTc && scoring_func != ScoringFunc::Sigmoid {
             return Err(self.err("scoring_func", "noaux_tc routing requires sigmoid scoring"));
@@ -507,7 +522,10 @@ impl Parser<'_> {
         }
         if let Some(fmt) = q.get("fmt").and_then(Value::as_str) {
             if fmt != "e4m3" {
-                return Err(self.err(&format!("{key}.fmt"), format!("unsupported FP8 format {fmt:?}")));
+                return Err(self.err(
+                    &format!("{key}.fmt"),
+                    format!("unsupported FP8 format {fmt:?}"),
+                ));
             }
         }
         let block = match q.get("weight_block_size") {
@@ -516,10 +534,17 @@ impl Parser<'_> {
                 let d = |v: &Value| v.as_u64().filter(|&n| n > 0).map(|n| n as usize);
                 match (d(&a[0]), d(&a[1])) {
                     (Some(r), Some(c)) => [r, c],
-                    _ => return Err(self.err(&format!("{key}.weight_block_size"), "expected two positive integers")),
+                    _ => {
+                        return Err(self.err(
+                            &format!("{key}.weight_block_size"),
+                            "expected two positive integers",
+                        ))
+                    }
                 }
             }
-            Some(_) => return Err(self.err(&format!("{key}.weight_block_size"), "expected [rows, cols]")),
+            Some(_) => {
+                return Err(self.err(&format!("{key}.weight_block_size"), "expected [rows, cols]"))
+            }
         };
         Ok(Some(block))
     }
@@ -557,7 +582,10 @@ pub(crate) mod tests {
         assert_eq!(c.model_type, ModelType::DeepseekV3);
         assert_eq!(c.latent_dim(), 576);
         let m = c.moe.as_ref().unwrap();
-        assert_eq!((m.n_group, m.topk_group, m.topk_method), (8, 4, TopkMethod::NoauxTc));
+        assert_eq!(
+            (m.n_group, m.topk_group, m.topk_method),
+            (8, 4, TopkMethod::NoauxTc)
+        );
         assert_eq!(c.fp8_block, Some([128, 128]));
         assert!(!c.is_moe_layer(2) && c.is_moe_layer(3));
         // SPEC §3.1 table: V3 softmax scale 0.1352338.
@@ -568,8 +596,14 @@ pub(crate) mod tests {
     fn rope_parameters_spelling_is_equivalent() {
         let v5 = V3_HUB
             .replace(r#""rope_theta": 10000,"#, "")
-            .replace(r#""rope_scaling""#, r#""rope_interleave": true, "rope_parameters""#)
-            .replace(r#""type": "yarn""#, r#""rope_type": "yarn", "rope_theta": 10000"#);
+            .replace(
+                r#""rope_scaling""#,
+                r#""rope_interleave": true, "rope_parameters""#,
+            )
+            .replace(
+                r#""type": "yarn""#,
+                r#""rope_type": "yarn", "rope_theta": 10000"#,
+            );
         assert_eq!(parse(&v5).unwrap().rope, parse(V3_HUB).unwrap().rope);
     }
 
@@ -577,12 +611,24 @@ pub(crate) mod tests {
     fn errors_name_the_key() {
         let bad = V3_HUB.replace(r#""n_group": 8"#, r#""n_group": 7"#);
         let msg = parse(&bad).unwrap_err().to_string();
-        assert!(msg.contains("`n_group`") && msg.contains("not divisible"), "{msg}");
+        assert!(
+            msg.contains("`n_group`") && msg.contains("not divisible"),
+            "{msg}"
+        );
         let bad = V3_HUB.replace(r#""noaux_tc""#, r#""best_of_both""#);
-        assert!(parse(&bad).unwrap_err().to_string().contains("`topk_method`"));
+        assert!(parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("`topk_method`"));
         let bad = V3_HUB.replace("deepseek_v3", "llama");
-        assert!(parse(&bad).unwrap_err().to_string().contains("`model_type`"));
+        assert!(parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("`model_type`"));
         let bad = V3_HUB.replace(r#""kv_lora_rank": 512,"#, "");
-        assert!(parse(&bad).unwrap_err().to_string().contains("`kv_lora_rank`: missing"));
+        assert!(parse(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("`kv_lora_rank`: missing"));
     }
 }

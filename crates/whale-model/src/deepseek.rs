@@ -37,7 +37,9 @@ impl std::str::FromStr for MlaImpl {
         match s {
             "naive" => Ok(MlaImpl::Naive),
             "absorbed" | "absorb" => Ok(MlaImpl::Absorbed),
-            _ => Err(format!("unknown MLA form {s:?} (expected naive or absorbed)")),
+            _ => Err(format!(
+                "unknown MLA form {s:?} (expected naive or absorbed)"
+            )),
         }
     }
 }
@@ -45,7 +47,11 @@ impl std::str::FromStr for MlaImpl {
 /// Query projection: plain, or low-rank with a norm in between (q-LoRA).
 enum QProj {
     Plain(Weight),
-    Lora { a: Weight, norm: Vec<f32>, b: Weight },
+    Lora {
+        a: Weight,
+        norm: Vec<f32>,
+        b: Weight,
+    },
 }
 
 struct Mla {
@@ -133,11 +139,19 @@ impl Model {
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let q = match c.q_lora_rank {
-                None => QProj::Plain(w.matrix(&format!("{p}.self_attn.q_proj.weight"), h * c.qk_head_dim(), d)),
+                None => QProj::Plain(w.matrix(
+                    &format!("{p}.self_attn.q_proj.weight"),
+                    h * c.qk_head_dim(),
+                    d,
+                )),
                 Some(rank) => QProj::Lora {
                     a: w.matrix(&format!("{p}.self_attn.q_a_proj.weight"), rank, d),
                     norm: w.vector(&format!("{p}.self_attn.q_a_layernorm.weight"), rank),
-                    b: w.matrix(&format!("{p}.self_attn.q_b_proj.weight"), h * c.qk_head_dim(), rank),
+                    b: w.matrix(
+                        &format!("{p}.self_attn.q_b_proj.weight"),
+                        h * c.qk_head_dim(),
+                        rank,
+                    ),
                 },
             };
             let kv_b = w.matrix(
@@ -147,8 +161,15 @@ impl Model {
             );
             let attn = Mla {
                 q,
-                kv_a: w.matrix(&format!("{p}.self_attn.kv_a_proj_with_mqa.weight"), c.latent_dim(), d),
-                kv_norm: w.vector(&format!("{p}.self_attn.kv_a_layernorm.weight"), c.kv_lora_rank),
+                kv_a: w.matrix(
+                    &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+                    c.latent_dim(),
+                    d,
+                ),
+                kv_norm: w.vector(
+                    &format!("{p}.self_attn.kv_a_layernorm.weight"),
+                    c.kv_lora_rank,
+                ),
                 kv_b_dense: (mla == MlaImpl::Absorbed).then(|| kv_b.to_f32()),
                 kv_b,
                 o: w.matrix(&format!("{p}.self_attn.o_proj.weight"), d, h * c.v_head_dim),
@@ -162,13 +183,27 @@ impl Model {
                 None => Ffn::Dense(mlp(&mut w, &format!("{p}.mlp"), c.intermediate_size)),
                 Some(m) => Ffn::Moe(Moe {
                     router: w.matrix(&format!("{p}.mlp.gate.weight"), m.n_routed_experts, d),
-                    bias: (m.topk_method == TopkMethod::NoauxTc)
-                        .then(|| w.vector(&format!("{p}.mlp.gate.e_score_correction_bias"), m.n_routed_experts)),
+                    bias: (m.topk_method == TopkMethod::NoauxTc).then(|| {
+                        w.vector(
+                            &format!("{p}.mlp.gate.e_score_correction_bias"),
+                            m.n_routed_experts,
+                        )
+                    }),
                     experts: (0..m.n_routed_experts)
-                        .map(|e| mlp(&mut w, &format!("{p}.mlp.experts.{e}"), m.moe_intermediate_size))
+                        .map(|e| {
+                            mlp(
+                                &mut w,
+                                &format!("{p}.mlp.experts.{e}"),
+                                m.moe_intermediate_size,
+                            )
+                        })
                         .collect(),
                     shared: (m.n_shared_experts > 0).then(|| {
-                        mlp(&mut w, &format!("{p}.mlp.shared_experts"), m.n_shared_experts * m.moe_intermediate_size)
+                        mlp(
+                            &mut w,
+                            &format!("{p}.mlp.shared_experts"),
+                            m.n_shared_experts * m.moe_intermediate_size,
+                        )
                     }),
                 }),
             };
@@ -210,8 +245,17 @@ impl Model {
 
     /// Runs `tokens` at positions `cache.len()..`, appends their latents to the cache and
     /// returns logits `[t, vocab]` (or `[1, vocab]` for [`Logits::Last`]).
-    pub fn forward(&self, tokens: &[u32], cache: &mut LatentCache, want: Logits) -> Result<Vec<f32>> {
-        let mut steps = [Step { tokens, cache, logits: want }];
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut LatentCache,
+        want: Logits,
+    ) -> Result<Vec<f32>> {
+        let mut steps = [Step {
+            tokens,
+            cache,
+            logits: want,
+        }];
         Ok(self.forward_batch(&mut steps)?.pop().unwrap_or_default())
     }
 
@@ -221,7 +265,12 @@ impl Model {
     pub fn forward_batch(&self, steps: &mut [Step]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         for step in steps.iter() {
-            if let Some((i, &id)) = step.tokens.iter().enumerate().find(|(_, &id)| id as usize >= c.vocab_size) {
+            if let Some((i, &id)) = step
+                .tokens
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= c.vocab_size)
+            {
                 return Err(ModelError::Input(format!(
                     "token id {id} at position {i} is out of range: vocab_size is {}",
                     c.vocab_size
@@ -239,7 +288,10 @@ impl Model {
         let d = c.hidden_size;
         let t: usize = steps.iter().map(|s| s.tokens.len()).sum(); // all tokens of the batch
         let mut hidden = vec![0.0f32; t * d]; // [t, d]
-        for (row, &id) in hidden.chunks_exact_mut(d).zip(steps.iter().flat_map(|s| s.tokens)) {
+        for (row, &id) in hidden
+            .chunks_exact_mut(d)
+            .zip(steps.iter().flat_map(|s| s.tokens))
+        {
             self.embed.row_into(id as usize, row);
         }
         let mut x = vec![0.0f32; t * d];
@@ -358,7 +410,11 @@ impl Model {
         );
         let (qk, ld) = (nd + rd, cd + rd);
         let total = cached.len() / ld; // T
-        let latents: Vec<f32> = cached.chunks_exact(ld).flat_map(|r| &r[..cd]).copied().collect();
+        let latents: Vec<f32> = cached
+            .chunks_exact(ld)
+            .flat_map(|r| &r[..cd])
+            .copied()
+            .collect();
         let mut kvb = vec![0.0f32; total * h * (nd + vd)]; // [T, h, n + v]
         matmul(&mut kvb, &latents, &a.kv_b, total);
         out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
@@ -391,7 +447,10 @@ impl Model {
             c.kv_lora_rank,
         );
         let (qk, ld) = (nd + rd, cd + rd);
-        let wkv_b = a.kv_b_dense.as_deref().expect("absorbed MLA keeps a dense kv_b");
+        let wkv_b = a
+            .kv_b_dense
+            .as_deref()
+            .expect("absorbed MLA keeps a dense kv_b");
         out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
             let (s, head) = (idx / h, idx % h);
             let q_h = &q[(s * h + head) * qk..][..qk];
@@ -421,7 +480,11 @@ impl Model {
 
     /// DeepSeekMoE: routed experts weighted by the router plus the shared experts.
     fn moe(&self, m: &Moe, x: &[f32], t: usize) -> Vec<f32> {
-        let cfg = self.config.moe.as_ref().expect("MoE layer without MoE config");
+        let cfg = self
+            .config
+            .moe
+            .as_ref()
+            .expect("MoE layer without MoE config");
         let (d, e) = (self.config.hidden_size, cfg.n_routed_experts);
         let mut logits = vec![0.0f32; t * e]; // [t, e], f32 router
         matmul(&mut logits, x, &m.router, t);
@@ -434,7 +497,11 @@ impl Model {
         }
         let mut y = vec![0.0f32; t * d];
         for (expert, tokens) in assigned.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
-            let xs: Vec<f32> = tokens.iter().flat_map(|&(s, _)| &x[s * d..(s + 1) * d]).copied().collect();
+            let xs: Vec<f32> = tokens
+                .iter()
+                .flat_map(|&(s, _)| &x[s * d..(s + 1) * d])
+                .copied()
+                .collect();
             let out = m.experts[expert].forward(&xs, tokens.len());
             for (&(s, weight), o) in tokens.iter().zip(out.chunks_exact(d)) {
                 axpy(&mut y[s * d..(s + 1) * d], weight, o);
@@ -481,7 +548,9 @@ pub fn route(cfg: &crate::config::Moe, logits: &[f32], bias: Option<&[f32]>) -> 
             .chunks_exact(per)
             .map(|g| match cfg.topk_method {
                 // V2: the group's best expert; V3: its two best, summed.
-                TopkMethod::GroupLimitedGreedy => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                TopkMethod::GroupLimitedGreedy => {
+                    g.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                }
                 _ => top_k(g, 2).iter().map(|&i| g[i]).sum(),
             })
             .collect();

@@ -47,18 +47,27 @@ impl Config {
         active += vocab + head + d;
         // An MTP module: a MoE decoder block, two norms, eh_proj [d, 2d], its head norm
         // (embedding and head are shared with the main model).
-        let mtp = self.num_nextn_predict_layers as u64 * (attn + moe_layer.0 + 2 * d + 2 * d * d + d);
+        let mtp =
+            self.num_nextn_predict_layers as u64 * (attn + moe_layer.0 + 2 * d + 2 * d * d + d);
         ParamCounts { total, active, mtp }
     }
 
     fn ffn_params(&self, layer: usize, mlp: impl Fn(u64) -> u64) -> (u64, u64) {
         let d = self.hidden_size as u64;
         match self.moe.as_ref().filter(|_| self.is_moe_layer(layer)) {
-            None => (mlp(self.intermediate_size as u64), mlp(self.intermediate_size as u64)),
+            None => (
+                mlp(self.intermediate_size as u64),
+                mlp(self.intermediate_size as u64),
+            ),
             Some(m) => {
                 let e = m.n_routed_experts as u64;
                 let expert = mlp(m.moe_intermediate_size as u64);
-                let router = e * d + if m.topk_method == crate::config::TopkMethod::NoauxTc { e } else { 0 };
+                let router = e * d
+                    + if m.topk_method == crate::config::TopkMethod::NoauxTc {
+                        e
+                    } else {
+                        0
+                    };
                 let shared = mlp((m.n_shared_experts * m.moe_intermediate_size) as u64);
                 (
                     router + shared + e * expert,
@@ -76,7 +85,10 @@ impl Config {
     /// What standard multi-head attention with MLA's head dims would cache per token:
     /// keys `h·(n + r)` plus values `h·v`, per layer.
     pub fn mha_cache_bytes_per_token(&self, bytes_per_value: usize) -> usize {
-        self.num_attention_heads * (self.qk_head_dim() + self.v_head_dim) * self.num_hidden_layers * bytes_per_value
+        self.num_attention_heads
+            * (self.qk_head_dim() + self.v_head_dim)
+            * self.num_hidden_layers
+            * bytes_per_value
     }
 }
 
@@ -87,7 +99,8 @@ mod tests {
 
     #[test]
     fn deepseek_v3_sizes_match_the_published_ones() {
-        let c = Config::from_json_str(crate::config::tests::V3_HUB, Path::new("config.json")).unwrap();
+        let c =
+            Config::from_json_str(crate::config::tests::V3_HUB, Path::new("config.json")).unwrap();
         assert_eq!(c.latent_cache_bytes_per_token(2), 70_272);
         assert_eq!(c.mha_cache_bytes_per_token(2), 4_997_120);
         let p = c.param_counts();

@@ -43,7 +43,11 @@ impl Rope {
             let (cos, sin) = (cos * self.amplitude, sin * self.amplitude);
             // Interleaved pairs (x[2i], x[2i+1]) as the checkpoints were trained; else
             // rotate-half pairs (x[i], x[i + D/2]).
-            let (a, b) = if self.interleave { (2 * i, 2 * i + 1) } else { (i, i + half) };
+            let (a, b) = if self.interleave {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
             let (xa, xb) = (x[a], x[b]);
             x[a] = xa * cos - xb * sin;
             x[b] = xb * cos + xa * sin;
@@ -55,12 +59,16 @@ fn yarn(y: &Yarn, dim: usize, base: f64, pos_freqs: &[f64]) -> (Vec<f32>, f32) {
     let f = y.factor;
     let amplitude = match (y.attention_factor, y.mscale, y.mscale_all_dim) {
         (Some(a), _, _) => a,
-        (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => yarn_mscale(f, m) / yarn_mscale(f, all),
+        (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+            yarn_mscale(f, m) / yarn_mscale(f, all)
+        }
         _ => yarn_mscale(f, 1.0),
     };
     // Dimension at which a frequency completes `rotations` turns over the original context.
     let correction_dim = |rotations: f64| {
-        dim as f64 * (y.original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+        dim as f64
+            * (y.original_max_position_embeddings as f64 / (rotations * 2.0 * std::f64::consts::PI))
+                .ln()
             / (2.0 * base.ln())
     };
     let (mut low, mut high) = (correction_dim(y.beta_fast), correction_dim(y.beta_slow));
@@ -113,7 +121,10 @@ mod tests {
             assert_eq!(r.inv_freq[i], plain.inv_freq[i], "dim {i}");
         }
         for i in 23..32 {
-            assert!((r.inv_freq[i] * 40.0 / plain.inv_freq[i] - 1.0).abs() < 1e-6, "dim {i}");
+            assert!(
+                (r.inv_freq[i] * 40.0 / plain.inv_freq[i] - 1.0).abs() < 1e-6,
+                "dim {i}"
+            );
         }
         assert!(r.inv_freq[16] < plain.inv_freq[16] && r.inv_freq[16] > plain.inv_freq[16] / 40.0);
         assert_eq!(r.amplitude, 1.0);
@@ -124,7 +135,10 @@ mod tests {
         let mut a: Vec<f32> = (0..64).map(|i| i as f32 * 0.1).collect();
         let mut inter = Rope::new(&config(""));
         // The halves layout holds pair i at (i, i + 32).
-        let mut b: Vec<f32> = (0..32).map(|i| a[2 * i]).chain((0..32).map(|i| a[2 * i + 1])).collect();
+        let mut b: Vec<f32> = (0..32)
+            .map(|i| a[2 * i])
+            .chain((0..32).map(|i| a[2 * i + 1]))
+            .collect();
         inter.apply(&mut a, 1234);
         inter.interleave = false;
         inter.apply(&mut b, 1234);

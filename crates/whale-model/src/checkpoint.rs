@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
-use whale_tensor::{dtype::bytes_to_f32, DType, Weight, WeightData};
+use whale_tensor::{dtype::bytes_to_f32, DType, QuantType, Weight, WeightData};
 
 use crate::error::{ModelError, Result};
 
@@ -186,6 +186,7 @@ pub struct WeightLoader<'a> {
     fp8_block: [usize; 2],
     problems: Vec<String>,
     used: HashSet<String>,
+    quant: Option<QuantType>,
 }
 
 impl<'a> WeightLoader<'a> {
@@ -195,6 +196,36 @@ impl<'a> WeightLoader<'a> {
             fp8_block: fp8_block.unwrap_or([128, 128]),
             problems: Vec::new(),
             used: HashSet::new(),
+            quant: None,
+        }
+    }
+
+    /// Re-encode projection matrices to `quant` as they load (`--quant`).
+    pub fn with_quant(mut self, quant: Option<QuantType>) -> Self {
+        self.quant = quant;
+        self
+    }
+
+    /// A projection matrix, re-encoded to the `--quant` type when one is set. Rows that are
+    /// not a whole number of the type's blocks (e.g. V2-Lite's 1408-wide expert rows in a
+    /// 256-value K-quant) fall back to Q4_0, then Q8_0, then stay as stored — as llama.cpp
+    /// falls back to a 32-block type for such tensors.
+    pub fn projection(&mut self, name: &str, rows: usize, cols: usize) -> Weight {
+        let w = self.matrix(name, rows, cols);
+        let Some(target) = self.quant else { return w };
+        if w.rows == 0 {
+            return w; // failed to load; the problem is recorded
+        }
+        let fallbacks = [target, QuantType::Q4_0, QuantType::Q8_0];
+        match fallbacks.into_iter().find(|q| q.fits(cols)) {
+            Some(q) => match w.quantize(q) {
+                Ok(quantized) => quantized,
+                Err(e) => {
+                    self.problems.push(format!("tensor `{name}`: {e}"));
+                    placeholder()
+                }
+            },
+            None => w,
         }
     }
 

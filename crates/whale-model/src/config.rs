@@ -249,19 +249,20 @@ impl Parser<'_> {
     }
 
     fn config(&self) -> Result<Config> {
-        let model_type =
-            match self.opt_str("model_type")? {
-                Some("deepseek_v2") => ModelType::DeepseekV2,
-                // Kimi-K2 ships `kimi_k2` with the DeepseekV3 architecture.
-                Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
-                Some(other) => return Err(self.err(
+        let model_type = match self.opt_str("model_type")? {
+            Some("deepseek_v2") => ModelType::DeepseekV2,
+            // Kimi-K2 ships `kimi_k2` with the DeepseekV3 architecture.
+            Some("deepseek_v3") | Some("kimi_k2") => ModelType::DeepseekV3,
+            Some(other) => {
+                return Err(self.err(
                     "model_type",
                     format!(
                         "unsupported model type {other:?} (expected deepseek_v2 or deepseek_v3)"
                     ),
-                )),
-                None => return Err(self.err("model_type", "missing")),
-            };
+                ))
+            }
+            None => return Err(self.err("model_type", "missing")),
+        };
         let hidden_size = self.dim("hidden_size")?;
         let num_attention_heads = self.dim("num_attention_heads")?;
         let q_lora_rank = match self.opt_usize("q_lora_rank")? {
@@ -425,12 +426,14 @@ impl Parser<'_> {
             Some("greedy") => TopkMethod::Greedy,
             Some("group_limited_greedy") => TopkMethod::GroupLimitedGreedy,
             Some("noaux_tc") => TopkMethod::NoauxTc,
-            Some(other) => return Err(self.err(
-                "topk_method",
-                format!(
+            Some(other) => {
+                return Err(self.err(
+                    "topk_method",
+                    format!(
                     "unknown method {other:?} (expected greedy, group_limited_greedy or noaux_tc)"
                 ),
-            )),
+                ))
+            }
         };
         let scoring_func = match self.opt_str("scoring_func")? {
             None => default_scoring,

@@ -102,6 +102,14 @@ pub struct Step<'a> {
     pub logits: Logits,
 }
 
+/// How to load a model: the MLA form and an optional weight re-encoding (`--quant`).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub mla: MlaImpl,
+    /// Re-encode every projection (not the router, which stays f32) to this type.
+    pub quant: Option<whale_tensor::QuantType>,
+}
+
 /// Which positions of a step need logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -125,43 +133,48 @@ pub struct Model {
 impl Model {
     /// Loads `config.json` and the safetensors weights of a model folder.
     pub fn load(dir: &Path, mla: MlaImpl) -> Result<Model> {
-        let config = Config::from_file(&dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
-        Model::from_checkpoint(config, &ckpt, mla)
+        Model::load_with(dir, &LoadOptions { mla, quant: None })
     }
 
-    pub fn from_checkpoint(config: Config, ckpt: &Checkpoint, mla: MlaImpl) -> Result<Model> {
+    pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        let config = Config::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        Model::from_checkpoint(config, &ckpt, opts)
+    }
+
+    pub fn from_checkpoint(config: Config, ckpt: &Checkpoint, opts: &LoadOptions) -> Result<Model> {
         let c = &config;
-        let mut w = WeightLoader::new(ckpt, c.fp8_block);
+        let mla = opts.mla;
+        let mut w = WeightLoader::new(ckpt, c.fp8_block).with_quant(opts.quant);
         let (d, h) = (c.hidden_size, c.num_attention_heads);
-        let embed = w.matrix("model.embed_tokens.weight", c.vocab_size, d);
+        let embed = w.projection("model.embed_tokens.weight", c.vocab_size, d);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let q = match c.q_lora_rank {
-                None => QProj::Plain(w.matrix(
+                None => QProj::Plain(w.projection(
                     &format!("{p}.self_attn.q_proj.weight"),
                     h * c.qk_head_dim(),
                     d,
                 )),
                 Some(rank) => QProj::Lora {
-                    a: w.matrix(&format!("{p}.self_attn.q_a_proj.weight"), rank, d),
+                    a: w.projection(&format!("{p}.self_attn.q_a_proj.weight"), rank, d),
                     norm: w.vector(&format!("{p}.self_attn.q_a_layernorm.weight"), rank),
-                    b: w.matrix(
+                    b: w.projection(
                         &format!("{p}.self_attn.q_b_proj.weight"),
                         h * c.qk_head_dim(),
                         rank,
                     ),
                 },
             };
-            let kv_b = w.matrix(
+            let kv_b = w.projection(
                 &format!("{p}.self_attn.kv_b_proj.weight"),
                 h * (c.qk_nope_head_dim + c.v_head_dim),
                 c.kv_lora_rank,
             );
             let attn = Mla {
                 q,
-                kv_a: w.matrix(
+                kv_a: w.projection(
                     &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
                     c.latent_dim(),
                     d,
@@ -172,12 +185,12 @@ impl Model {
                 ),
                 kv_b_dense: (mla == MlaImpl::Absorbed).then(|| kv_b.to_f32()),
                 kv_b,
-                o: w.matrix(&format!("{p}.self_attn.o_proj.weight"), d, h * c.v_head_dim),
+                o: w.projection(&format!("{p}.self_attn.o_proj.weight"), d, h * c.v_head_dim),
             };
             let mlp = |w: &mut WeightLoader, prefix: &str, width: usize| Mlp {
-                gate: w.matrix(&format!("{prefix}.gate_proj.weight"), width, d),
-                up: w.matrix(&format!("{prefix}.up_proj.weight"), width, d),
-                down: w.matrix(&format!("{prefix}.down_proj.weight"), d, width),
+                gate: w.projection(&format!("{prefix}.gate_proj.weight"), width, d),
+                up: w.projection(&format!("{prefix}.up_proj.weight"), width, d),
+                down: w.projection(&format!("{prefix}.down_proj.weight"), d, width),
             };
             let ffn = match c.moe.as_ref().filter(|_| c.is_moe_layer(i)) {
                 None => Ffn::Dense(mlp(&mut w, &format!("{p}.mlp"), c.intermediate_size)),
@@ -220,7 +233,7 @@ impl Model {
         } else {
             "lm_head.weight"
         };
-        let head = w.matrix(head_name, c.vocab_size, d);
+        let head = w.projection(head_name, c.vocab_size, d);
         let unused = w.finish()?;
         // The MTP modules (layers L..L+num_nextn_predict_layers) are accepted and ignored;
         // anything else unused is too, as transformers does with unexpected keys.

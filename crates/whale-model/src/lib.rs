@@ -12,5 +12,5 @@ pub mod sampling;
 
 pub use cache::LatentCache;
 pub use config::Config;
-pub use deepseek::{Logits, MlaImpl, Model, Step};
+pub use deepseek::{LoadOptions, Logits, MlaImpl, Model, Step};
 pub use error::{ModelError, Result};

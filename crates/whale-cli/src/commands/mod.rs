@@ -4,6 +4,7 @@ pub mod chat;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod serve;
 pub mod tokenize;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,9 @@ pub struct ModelArgs {
     /// Context length in tokens (default: the model's max_position_embeddings).
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// Re-encode the weights at load: q8_0, q4_0, q4_k, q6_k, bf16 or f32 (default: as stored).
+    #[arg(long)]
+    pub quant: Option<whale_tensor::QuantType>,
 }
 
 impl ModelArgs {
@@ -36,7 +40,11 @@ impl ModelArgs {
 
     pub fn load(&self) -> Result<(Model, PathBuf)> {
         let dir = self.dir()?;
-        let model = Model::load(&dir, self.mla)?;
+        let opts = whale_model::LoadOptions {
+            mla: self.mla,
+            quant: self.quant,
+        };
+        let model = Model::load_with(&dir, &opts)?;
         Ok((model, dir))
     }
 

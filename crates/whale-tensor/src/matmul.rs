@@ -3,9 +3,9 @@
 //!
 //! Work is split over output rows on the persistent rayon pool ([`crate::threads`]). Activations
 //! are converted once per call (quantized to the weight's activation block type for block
-//! formats), never per row. Within a task, tokens are taken `TILE` at a time and each weight row
-//! is dotted with the whole tile, so in prefill a weight block is decoded once per `TILE`
-//! tokens while the task's rows stay in cache across tiles.
+//! formats), never per row. Within a task, rows are taken `ROW_GROUP` at a time and every token
+//! tile (`TILE` tokens) passes over the group while it sits in L1: each weight block is fetched
+//! from memory once per call and decoded once per `TILE` tokens.
 
 use rayon::prelude::*;
 
@@ -17,6 +17,10 @@ use crate::weight::{Weight, WeightData};
 /// Tokens per tile: the most whose accumulators fit in AVX2's 16 registers next to a decoded
 /// weight block.
 const TILE: usize = 4;
+
+/// Weight rows kept in L1 while every token tile passes over them: the weight is streamed from
+/// memory once, and the activations once per group rather than once per row.
+const ROW_GROUP: usize = 4;
 
 /// Multiply-adds below which splitting into tasks costs more than it saves.
 const MIN_PARALLEL_WORK: usize = 1 << 16;
@@ -126,26 +130,29 @@ fn tiled<W: VecDot>(isa: Isa, s: Shape, w: &[W], acts: &[W::Act], out: &mut [f32
     let rows_per_task = s.rows_per_task();
     let task = |first: usize| {
         let last = (first + rows_per_task).min(s.rows);
-        let mut t0 = 0;
-        while t0 < s.n_tokens {
-            let n = TILE.min(s.n_tokens - t0);
-            let act = |i: usize| &acts[(t0 + i) * a_len..(t0 + i + 1) * a_len];
-            for r in first..last {
-                let wr = &w[r * w_len..(r + 1) * w_len];
-                let put = |dots: &[f32]| {
-                    for (i, &d) in dots.iter().enumerate() {
-                        // SAFETY: row r belongs to this task alone.
-                        unsafe { out.write((t0 + i) * s.rows + r, d) };
+        for group in (first..last).step_by(ROW_GROUP) {
+            let group_end = (group + ROW_GROUP).min(last);
+            let mut t0 = 0;
+            while t0 < s.n_tokens {
+                let n = TILE.min(s.n_tokens - t0);
+                let act = |i: usize| &acts[(t0 + i) * a_len..(t0 + i + 1) * a_len];
+                for r in group..group_end {
+                    let wr = &w[r * w_len..(r + 1) * w_len];
+                    let put = |dots: &[f32]| {
+                        for (i, &d) in dots.iter().enumerate() {
+                            // SAFETY: row r belongs to this task alone.
+                            unsafe { out.write((t0 + i) * s.rows + r, d) };
+                        }
+                    };
+                    match n {
+                        1 => put(&W::dot_tile(isa, wr, [act(0)])),
+                        2 => put(&W::dot_tile(isa, wr, [act(0), act(1)])),
+                        3 => put(&W::dot_tile(isa, wr, [act(0), act(1), act(2)])),
+                        _ => put(&W::dot_tile(isa, wr, [act(0), act(1), act(2), act(3)])),
                     }
-                };
-                match n {
-                    1 => put(&W::dot_tile(isa, wr, [act(0)])),
-                    2 => put(&W::dot_tile(isa, wr, [act(0), act(1)])),
-                    3 => put(&W::dot_tile(isa, wr, [act(0), act(1), act(2)])),
-                    _ => put(&W::dot_tile(isa, wr, [act(0), act(1), act(2), act(3)])),
                 }
+                t0 += n;
             }
-            t0 += n;
         }
     };
     if rows_per_task >= s.rows {

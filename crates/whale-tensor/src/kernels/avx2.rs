@@ -1,10 +1,12 @@
 //! AVX2 + FMA + F16C kernels. Each is an `unsafe fn` compiled with those features; callers go
-//! through [`super::Isa`], which is `Avx2` only when the CPU reported all three, and that is
+//! through [`super::Isa`], which holds `Avx2` only when the CPU reported all three, and that is
 //! the safety condition of every function here.
 //!
 //! Integer kernels follow ggml's AVX2 scheme: `maddubs` multiplies unsigned by signed bytes into
-//! i16 pairs, `madd` widens to i32 (folding in a per-sub-block scale where there is one), and
-//! each block's i32 sums are converted and scaled into f32 accumulators once per block.
+//! i16 pairs, `madd` widens to i32 (folding in a per-sub-block scale where there is one), and the
+//! i32 sums are converted and scaled into f32 accumulators once per K-quant super-block, or once
+//! per group of eight Q8_0/Q4_0 blocks. Every kernel takes a tile of `N` activation rows, so a
+//! weight block is loaded and unpacked once for all of them.
 
 use std::arch::x86_64::*;
 

@@ -65,8 +65,10 @@ fn quantize_all<B: GgmlType>(x: &[f32]) -> Vec<B> {
 }
 
 /// FNV-1a hashes of what ggml's `quantize_row_*_ref` and `dequantize_row_*` produce for
-/// [`ggml_test_input`] (ggml as vendored in llama-cpp-python 0.3.36, built with
-/// `-ffp-contract=off`; see `matches_ggml_reference_bytes`).
+/// [`ggml_test_input`]: ggml as vendored in the PyPI sdist of llama-cpp-python 0.3.36,
+/// `ggml-quants.c` compiled with `gcc -O2 -march=native -ffp-contract=off` and called from a
+/// small C driver that generates the same input (not committed; see
+/// `matches_ggml_reference_bytes` for why contraction is off).
 struct GgmlReference {
     seed: u32,
     input: u64,

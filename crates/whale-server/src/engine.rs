@@ -50,6 +50,8 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Report log-probabilities with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// Generate past EOS (benchmarks want a fixed number of tokens).
+    pub ignore_eos: bool,
     /// When the request arrived (time to first token counts from here).
     pub arrival: Instant,
 }
@@ -302,6 +304,7 @@ impl Engine {
             decoder: tok.map(|t| StreamDecoder::new(t, true)),
             stops: StopStrings::new(req.stop),
             logprobs: req.logprobs,
+            ignore_eos: req.ignore_eos,
             arrival: req.arrival,
             last_token: None,
             finished: false,
@@ -401,7 +404,7 @@ impl Engine {
             delta.logprobs.push(token_logprob(logits, id, k, tok));
         }
         let mut finish = None;
-        if self.options.eos.contains(&id) {
+        if !s.ignore_eos && self.options.eos.contains(&id) {
             finish = Some(FinishReason::Stop);
         } else {
             if let Some(piece) = s.decoder.as_mut().and_then(|d| d.push(id).ok().flatten()) {
@@ -469,6 +472,7 @@ struct Sequence<'t> {
     decoder: Option<StreamDecoder<'t>>,
     stops: StopStrings,
     logprobs: Option<usize>,
+    ignore_eos: bool,
     arrival: Instant,
     last_token: Option<Instant>,
     finished: bool,

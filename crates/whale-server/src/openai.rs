@@ -78,6 +78,8 @@ pub struct CommonParams {
     /// Also return the generated token ids (vLLM's extension); always on when the model
     /// has no tokenizer, since then there is no text.
     pub return_token_ids: Option<bool>,
+    /// Keep generating past EOS until `max_tokens` (vLLM's extension; for benchmarks).
+    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

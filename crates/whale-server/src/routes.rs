@@ -307,6 +307,7 @@ async fn generate(
         sampling: common.sampling()?,
         stop: common.stops()?,
         logprobs,
+        ignore_eos: common.ignore_eos.unwrap_or(false),
         arrival,
     };
     let rx = state.0.engine.submit(req)?;

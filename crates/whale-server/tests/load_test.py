@@ -35,7 +35,7 @@ MALFORMED = [
 
 def well_formed(rng, i):
     """A chat or completion request, streamed or not, with a shared or a fresh prefix."""
-    shared = "You answer questions about the sea. " * 4 if rng.random() < 0.5 else f"Session {i}. "
+    shared = "You answer questions about the sea. " * 20 if rng.random() < 0.5 else f"Session {i}. "
     if rng.random() < 0.6:
         body = {"model": "whale", "messages": [{"role": "system", "content": shared},
                                                {"role": "user", "content": f"Question {i}?"}]}

@@ -30,6 +30,10 @@ enum Command {
     Logits(commands::logits::Args),
     /// Tokenize text, or render and tokenize a chat (tokenizer files only).
     Tokenize(commands::tokenize::Args),
+    /// Measure prefill and decode speed against the machine's memory-bandwidth roofline.
+    Bench(commands::bench::Args),
+    /// Perplexity of a text file in non-overlapping windows.
+    Perplexity(commands::perplexity::Args),
     /// Describe a model from its config.json: parameters and latent-cache size.
     Inspect(commands::inspect::Args),
     /// Serve the model over an OpenAI-compatible HTTP API.
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         Command::Logits(a) => commands::logits::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
+        Command::Perplexity(a) => commands::perplexity::run(a),
+        Command::Bench(a) => commands::bench::run(a),
         Command::Serve(a) => commands::serve::run(a),
     };
     match result {

@@ -251,6 +251,49 @@ impl Model {
         })
     }
 
+    /// Weight bytes one decoded token reads: every matrix except the routed experts it is
+    /// not sent to (`num_experts_per_tok` average experts per MoE layer), and one embedding row.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        self.weight_bytes_touched(true)
+    }
+
+    /// Bytes of all weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes_touched(false)
+    }
+
+    fn weight_bytes_touched(&self, one_token: bool) -> usize {
+        let mlp = |m: &Mlp| m.gate.storage_bytes() + m.up.storage_bytes() + m.down.storage_bytes();
+        let embed = self.embed.storage_bytes() / if one_token { self.embed.rows.max(1) } else { 1 };
+        let mut bytes = self.head.storage_bytes() + embed;
+        for l in &self.layers {
+            let a = &l.attn;
+            bytes += match &a.q {
+                QProj::Plain(w) => w.storage_bytes(),
+                QProj::Lora { a, b, .. } => a.storage_bytes() + b.storage_bytes(),
+            };
+            bytes += a.kv_a.storage_bytes() + a.kv_b.storage_bytes() + a.o.storage_bytes();
+            bytes += match &l.ffn {
+                Ffn::Dense(m) => mlp(m),
+                Ffn::Moe(m) => {
+                    let all: usize = m.experts.iter().map(mlp).sum();
+                    let experts = if one_token {
+                        let k = self
+                            .config
+                            .moe
+                            .as_ref()
+                            .map_or(0, |c| c.num_experts_per_tok);
+                        k * all / m.experts.len().max(1)
+                    } else {
+                        all
+                    };
+                    m.router.storage_bytes() + m.shared.as_ref().map_or(0, mlp) + experts
+                }
+            };
+        }
+        bytes
+    }
+
     /// A fresh latent cache holding up to `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> LatentCache {
         LatentCache::new(&self.config, capacity)

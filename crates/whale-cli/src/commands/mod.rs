@@ -1,9 +1,11 @@
 //! One module per subcommand, plus the arguments they share.
 
+pub mod bench;
 pub mod chat;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
+pub mod perplexity;
 pub mod serve;
 pub mod tokenize;
 

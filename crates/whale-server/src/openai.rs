@@ -22,6 +22,9 @@ pub const MAX_TOP_LOGPROBS: i64 = 20;
 pub const MAX_COMPLETION_LOGPROBS: i64 = 5;
 /// Stop sequences per request (DeepSeek's API allows 16, OpenAI's 4).
 pub const MAX_STOPS: usize = 16;
+/// Longest stop sequence: the engine rescans held-back text against each one per token,
+/// so an unbounded one would let a single request slow every stream.
+pub const MAX_STOP_BYTES: usize = 1024;
 
 /// Parses a body as JSON into `T`; errors name the offending field.
 pub fn parse<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
@@ -336,6 +339,15 @@ impl CommonParams {
                 format!(
                     "at most {MAX_STOPS} stop sequences are supported, got {}",
                     stops.len()
+                ),
+            ));
+        }
+        if let Some(long) = stops.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                Some("stop"),
+                format!(
+                    "stop sequences are limited to {MAX_STOP_BYTES} bytes, got {}",
+                    long.len()
                 ),
             ));
         }

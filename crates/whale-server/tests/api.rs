@@ -306,6 +306,8 @@ async fn bad_requests_get_openai_shaped_400s() {
         (json!({"prompt": [1, 2], "temperature": 3}), "temperature"),
         (json!({"prompt": [1, 2], "top_p": 1.5}), "top_p"),
         (json!({"prompt": [1, 2], "stop": 5}), "stop"),
+        (json!({"prompt": [1, 2], "stop": "x".repeat(2000)}), "stop"),
+        (json!({"prompt": [1, 2], "stop": vec!["a"; 17]}), "stop"),
         (json!({"prompt": [1, 2], "stream": "yes"}), "stream"),
         (json!({"prompt": [1, 2], "logprobs": 9}), "logprobs"),
         (json!({"prompt": [1, 2], "echo": true}), "echo"),
@@ -359,7 +361,7 @@ async fn bad_requests_get_openai_shaped_400s() {
         metric(
             &metrics,
             "whale_requests_total{endpoint=\"/v1/completions\",status=\"400\"}"
-        ) >= 18.0
+        ) >= 20.0
     );
 }
 

@@ -191,10 +191,10 @@ def time_to_first_token(c, model, prompt):
     raise AssertionError("no token")
 
 
-def test_prefix_cache_on_disk(whale, model, prompt_tokens, results):
+def test_prefix_cache_on_disk(whale, model, prompt_tokens, results, serve_args):
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="whale-kv-") as cache_dir:
-        with Server(whale, model, "--cache-dir", cache_dir, ctx=prompt_tokens + 64) as s:
+        with Server(whale, model, "--cache-dir", cache_dir, *serve_args, ctx=prompt_tokens + 64) as s:
             c = client(s)
             name = c.models.list().data[0].id
             vocab = 250
@@ -204,7 +204,7 @@ def test_prefix_cache_on_disk(whale, model, prompt_tokens, results):
             r = c.completions.create(model=name, prompt=prompt, max_tokens=1)
             assert r.usage.prompt_tokens_details.cached_tokens == (prompt_tokens - 1) // 64 * 64, r.usage
         # Restarted (the SIGTERM above flushed the cache to disk).
-        with Server(whale, model, "--cache-dir", cache_dir, ctx=prompt_tokens + 64) as s:
+        with Server(whale, model, "--cache-dir", cache_dir, *serve_args, ctx=prompt_tokens + 64) as s:
             c = client(s)
             restart = time_to_first_token(c, name, prompt)
             r = c.completions.create(model=name, prompt=prompt, max_tokens=1)
@@ -218,23 +218,27 @@ def main():
     ap.add_argument("--whale", required=True, help="the whale binary")
     ap.add_argument("--model", required=True, help="model folder (a tokenizer is added to a copy if missing)")
     ap.add_argument("--prompt-tokens", type=int, default=2000, help="prompt length for the TTFT check")
+    ap.add_argument("--ttft-only", action="store_true",
+                    help="only the prefix-cache/TTFT check, on token ids (no tokenizer needed, no copy)")
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra `whale serve` argument (repeatable)")
     args = ap.parse_args()
+    ttft = {}
     with tempfile.TemporaryDirectory(prefix="whale-e2e-") as work:
-        model = prepare_model(args.model, work)
+        model = args.model if args.ttft_only else prepare_model(args.model, work)
         print(f"model: {model}", flush=True)
-        with Server(args.whale, model, "--max-seqs", "4") as s:
-            c = client(s)
-            check("models", test_models, c)
-            check("chat", test_chat, c)
-            check("chat streaming", test_chat_stream, c)
-            check("chat logprobs, seed, stop", test_chat_logprobs_stop_seed, c)
-            check("completions", test_completions, c)
-            check("400s raise BadRequestError", test_bad_requests, c)
-        check("401 raises AuthenticationError", test_api_key, args.whale, model)
-        check("429 raises RateLimitError", test_rate_limit, args.whale, model)
-        ttft = {}
+        if not args.ttft_only:
+            with Server(args.whale, model, "--max-seqs", "4") as s:
+                c = client(s)
+                check("models", test_models, c)
+                check("chat", test_chat, c)
+                check("chat streaming", test_chat_stream, c)
+                check("chat logprobs, seed, stop", test_chat_logprobs_stop_seed, c)
+                check("completions", test_completions, c)
+                check("400s raise BadRequestError", test_bad_requests, c)
+            check("401 raises AuthenticationError", test_api_key, args.whale, model)
+            check("429 raises RateLimitError", test_rate_limit, args.whale, model)
         check("prefix cache on disk across a restart", test_prefix_cache_on_disk, args.whale, model,
-              args.prompt_tokens, ttft)
+              args.prompt_tokens, ttft, args.serve_arg)
     if ttft:
         print(f"time to first token, {args.prompt_tokens}-token prompt: cold {ttft['cold'] * 1000:.1f} ms, "
               f"cached in memory {ttft['warm'] * 1000:.1f} ms ({ttft['cold'] / ttft['warm']:.1f}x), "

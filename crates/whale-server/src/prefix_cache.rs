@@ -176,7 +176,7 @@ impl PrefixCache {
             let key = block_key(parent, chunk);
             let block = match self.blocks.get(&key) {
                 Some(e) => Some(e.block.clone()),
-                None => self.load_from_disk(key),
+                None => self.load_from_disk(key, &found),
             };
             // A key collision would show as different ids or parent: treat it as a miss.
             match block {
@@ -208,7 +208,11 @@ impl PrefixCache {
                     rows: cache.export(span),
                 });
                 let on_disk = self.disk.as_ref().is_some_and(|d| d.store(block.clone()));
-                self.add(block, on_disk);
+                // A chain longer than the budget keeps its head; without a disk the rest
+                // would only be copied to be dropped.
+                if !self.add(block, on_disk, &keys[..i]) && self.disk.is_none() {
+                    break;
+                }
             }
             parent = key;
         }
@@ -225,23 +229,25 @@ impl PrefixCache {
         disk.close();
     }
 
-    fn load_from_disk(&mut self, key: u64) -> Option<Arc<Block>> {
+    /// Reads block `key` from disk and keeps it in memory if it fits beside `chain`, the
+    /// blocks before it in the prefix being looked up.
+    fn load_from_disk(&mut self, key: u64, chain: &[Arc<Block>]) -> Option<Arc<Block>> {
         let block = Arc::new(self.disk.as_ref()?.load(key)?);
-        self.add(block.clone(), true);
+        let chain: Vec<u64> = chain.iter().map(|b| b.key).collect();
+        self.add(block.clone(), true, &chain);
         Some(block)
     }
 
-    /// Adds a block, evicting the least recently used ones to stay within the budget.
-    /// A block larger than the whole budget is not kept (the disk may still have it).
-    fn add(&mut self, block: Arc<Block>, on_disk: bool) {
+    /// Adds a block, evicting least recently used ones to stay within the budget, but
+    /// never a block of `chain` (the new block's ancestors: evicting them would leave it
+    /// unreachable). Returns false when it does not fit; the disk may still have it.
+    fn add(&mut self, block: Arc<Block>, on_disk: bool, chain: &[u64]) -> bool {
         let size = block.bytes();
-        if size > self.budget {
-            return;
-        }
         while self.bytes + size > self.budget {
-            let Some((_, old)) = self.lru.pop_first() else {
-                break;
+            let Some((&tick, &old)) = self.lru.iter().find(|(_, k)| !chain.contains(k)) else {
+                return false;
             };
+            self.lru.remove(&tick);
             if let Some(e) = self.blocks.remove(&old) {
                 self.bytes -= e.block.bytes();
                 // Write-through failed earlier (the writer was busy): try again now.
@@ -263,6 +269,7 @@ impl PrefixCache {
                 on_disk,
             },
         );
+        true
     }
 
     /// Marks a chain as used, last block first, so a parent is always more recent than
@@ -296,6 +303,44 @@ mod tests {
         // Stable across runs and machines: a fixed value guards the on-disk format.
         assert_eq!(block_key(ROOT, &[1, 2, 3]), 0x6b48_04b0_0985_e099);
         assert_ne!(block_key(ROOT, &[1, 2, 3]), block_key(ROOT, &[1, 2]));
+    }
+
+    /// A cache over `n` positions of a model with 2 layers and latent width 4, row `p`
+    /// filled with `p`.
+    fn latent_cache(n: usize) -> LatentCache {
+        let config = whale_model::Config::from_json_str(
+            r#"{"model_type": "deepseek_v2", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 8,
+                "num_hidden_layers": 2, "num_attention_heads": 1, "kv_lora_rank": 2,
+                "qk_nope_head_dim": 2, "qk_rope_head_dim": 2, "v_head_dim": 2}"#,
+            std::path::Path::new("test"),
+        )
+        .unwrap();
+        let mut cache = LatentCache::new(&config, n);
+        let rows: Vec<f32> = (0..n).flat_map(|p| [p as f32; 4]).collect();
+        cache.import(&[rows.clone(), rows]);
+        cache
+    }
+
+    #[test]
+    fn a_chain_longer_than_the_budget_keeps_its_head() {
+        let ids: Vec<u32> = (0..4 * BLOCK_TOKENS as u32).collect();
+        let cache = latent_cache(ids.len());
+        let block_bytes = BLOCK_TOKENS * (2 * 4 * 4 + 4);
+        let mut pc = PrefixCache::new(2 * block_bytes, 2, 4, None, Arc::new(Metrics::default()));
+        pc.insert(&ids, &cache);
+        assert_eq!((pc.len(), pc.bytes()), (2, 2 * block_bytes));
+        let found = pc.lookup(&ids, ids.len());
+        assert_eq!(found.len(), 2, "the first two blocks, not the last two");
+        assert_eq!(found[1].rows[0][0], BLOCK_TOKENS as f32);
+        // Another prompt evicts the least recently used chain's tail first.
+        let other: Vec<u32> = (1000..1000 + BLOCK_TOKENS as u32).collect();
+        pc.insert(&other, &latent_cache(BLOCK_TOKENS));
+        assert_eq!(pc.lookup(&ids, ids.len()).len(), 1);
+        assert_eq!(pc.lookup(&other, other.len()).len(), 1);
+        // A block bigger than the whole budget is never kept.
+        let mut tiny = PrefixCache::new(block_bytes - 1, 2, 4, None, Arc::new(Metrics::default()));
+        tiny.insert(&ids, &cache);
+        assert!(tiny.is_empty());
     }
 
     #[test]

@@ -208,16 +208,46 @@ impl<'a> WeightLoader<'a> {
 
     /// A projection matrix, re-encoded to the `--quant` type when one is set. Rows that are
     /// not a whole number of the type's blocks (e.g. V2-Lite's 1408-wide expert rows in a
-    /// 256-value K-quant) fall back to Q4_0, then Q8_0, then stay as stored — as llama.cpp
-    /// falls back to a 32-block type for such tensors.
+    /// 256-value K-quant) fall back to a 32-value type of at least the same precision, as
+    /// llama.cpp does: Q6_K → Q8_0, Q4_K → Q4_0 → Q8_0.
     pub fn projection(&mut self, name: &str, rows: usize, cols: usize) -> Weight {
+        let target = self.quant;
+        self.reencoded(name, rows, cols, target)
+    }
+
+    /// The output head (`lm_head`): llama.cpp's mixes keep it at Q6_K under the 4-bit types,
+    /// since every token's distribution passes through it; Q8_0 and wider stay as asked.
+    pub fn output_projection(&mut self, name: &str, rows: usize, cols: usize) -> Weight {
+        let target = match self.quant {
+            Some(QuantType::Q4_0 | QuantType::Q4K) => Some(QuantType::Q6K),
+            other => other,
+        };
+        self.reencoded(name, rows, cols, target)
+    }
+
+    fn reencoded(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        target: Option<QuantType>,
+    ) -> Weight {
         let w = self.matrix(name, rows, cols);
-        let Some(target) = self.quant else { return w };
+        let Some(target) = target else { return w };
         if w.rows == 0 {
             return w; // failed to load; the problem is recorded
         }
-        let fallbacks = [target, QuantType::Q4_0, QuantType::Q8_0];
-        match fallbacks.into_iter().find(|q| q.fits(cols)) {
+        let fallbacks: &[QuantType] = match target {
+            QuantType::Q6K => &[QuantType::Q6K, QuantType::Q8_0],
+            QuantType::Q4K => &[QuantType::Q4K, QuantType::Q4_0, QuantType::Q8_0],
+            QuantType::Q4_0 => &[QuantType::Q4_0, QuantType::Q8_0],
+            other => std::slice::from_ref(match other {
+                QuantType::Q8_0 => &QuantType::Q8_0,
+                QuantType::Bf16 => &QuantType::Bf16,
+                _ => &QuantType::F32,
+            }),
+        };
+        match fallbacks.iter().copied().find(|q| q.fits(cols)) {
             Some(q) => match w.quantize(q) {
                 Ok(quantized) => quantized,
                 Err(e) => {

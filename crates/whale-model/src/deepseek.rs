@@ -233,7 +233,7 @@ impl Model {
         } else {
             "lm_head.weight"
         };
-        let head = w.projection(head_name, c.vocab_size, d);
+        let head = w.output_projection(head_name, c.vocab_size, d);
         let unused = w.finish()?;
         // The MTP modules (layers L..L+num_nextn_predict_layers) are accepted and ignored;
         // anything else unused is too, as transformers does with unexpected keys.

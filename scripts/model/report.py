@@ -20,10 +20,11 @@ def read_csv(p):
 
 
 def ema(xs, a=0.98):
-    out, m = [], None
-    for x in xs:
-        m = x if m is None else a * m + (1 - a) * x
-        out.append(m)
+    """Bias-corrected exponential moving average (as Adam's moments)."""
+    out, m = [], 0.0
+    for t, x in enumerate(xs, 1):
+        m = a * m + (1 - a) * x
+        out.append(m / (1 - a ** t))
     return out
 
 
@@ -41,7 +42,7 @@ def plots(run, abl, ev, docs):
                 label="ablation, no bias balancing (EMA)")
     if ev:
         import math
-        ax.axhline(math.log(ev["model"]["ppl"]), color="green", ls="--", lw=1, label=f"validation NLL (ppl {ev['model']['ppl']:.1f})")
+        ax.axhline(math.log(ev["model"]["ppl"]), color="green", ls="--", lw=1, label=f"validation NLL at step {ev.get('step', '?')} (ppl {ev['model']['ppl']:.1f})")
         ax.axhline(math.log(ev["unigram_baseline_ppl"]), color="gray", ls=":", lw=1, label=f"unigram baseline NLL (ppl {ev['unigram_baseline_ppl']:.0f})")
     ax.set_xlabel("training tokens (millions)"); ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title("whale-tiny training loss (DeepSeek-V3 architecture, 12.0M params, 1 CPU core)")
@@ -68,7 +69,7 @@ def plots(run, abl, ev, docs):
         m = ev["model"]["expert_load"]
         names = sorted(m, key=lambda k: int(k[5:]))
         x = range(len(names)); w = 0.38
-        axs[1].bar([i - w / 2 for i in x], [m[n]["max_over_mean"] for n in names], w, label=f"bias balancing (final, step {ev.get('step', '?')})", color="#3182bd")
+        axs[1].bar([i - w / 2 for i in x], [m[n]["max_over_mean"] for n in names], w, label=f"bias balancing (step {ev.get('step', '?')})", color="#3182bd")
         if "ablation_no_balancing" in ev:
             a = ev["ablation_no_balancing"]["expert_load"]
             axs[1].bar([i + w / 2 for i in x], [a[n]["max_over_mean"] for n in names], w, label=f"no balancing (ablation, step {ev.get('ablation_step', '?')})", color="#e6550d")
@@ -182,7 +183,7 @@ def card(run, abl, ev, model_dir, data_dir):
         names = sorted(m, key=lambda k: int(k[5:]))
         hdr = "| MoE layer | " + " | ".join(names) + " |"
         A(hdr); A("|---" * (len(names) + 1) + "|")
-        A(f"| bias balancing (step {ev.get("step","?")}) max/mean | " + " | ".join(f"{m[n]['max_over_mean']:.2f}" for n in names) + " |")
+        A(f"| bias balancing (step {ev.get('step','?')}) max/mean | " + " | ".join(f"{m[n]['max_over_mean']:.2f}" for n in names) + " |")
         A(f"| bias balancing min/mean | " + " | ".join(f"{m[n]['min_over_mean']:.2f}" for n in names) + " |")
         if "model_matched_step" in ev:
             b = ev["model_matched_step"]

@@ -4,26 +4,9 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use whale_model::sampling::Sampler;
+use whale_model::sampling::{FinishReason, Sampler};
 use whale_model::{LatentCache, Logits, Model};
-use whale_tokenizer::{StreamDecoder, Tokenizer};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// EOS or a stop string.
-    Stop,
-    /// `max_tokens` reached or the context is full.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
+use whale_tokenizer::{StopStrings, StreamDecoder, Tokenizer};
 
 pub struct Request<'a> {
     /// The whole prompt; positions already in the cache are not recomputed.
@@ -64,7 +47,7 @@ pub fn generate(
     let mut history = req.prompt.to_vec();
     let mut generated = Vec::new();
     let mut decoder = tokenizer.map(|t| StreamDecoder::new(t, true));
-    let mut stops = StopStrings::new(req.stop);
+    let mut stops = StopStrings::new(req.stop.to_vec());
     let mut finish = FinishReason::Length;
     while generated.len() < req.max_tokens {
         let id = sampler.sample(&logits, &history);
@@ -76,7 +59,9 @@ pub fn generate(
         }
         if let Some(d) = decoder.as_mut() {
             if let Some(piece) = d.push(id)? {
-                if stops.push(&piece, &mut on_text) {
+                let (text, stopped) = stops.push(&piece);
+                on_text(&text);
+                if stopped {
                     finish = FinishReason::Stop;
                     break;
                 }
@@ -90,11 +75,12 @@ pub fn generate(
     if finish == FinishReason::Length {
         if let Some(d) = decoder.as_mut() {
             if let Some(rest) = d.flush()? {
-                stops.push(&rest, &mut on_text);
+                on_text(&stops.push(&rest).0);
             }
         }
     }
-    let text = stops.finish(&mut on_text);
+    on_text(&stops.finish());
+    let text = stops.text().to_string();
     Ok(Output {
         generated_ids: generated,
         text,
@@ -102,113 +88,4 @@ pub fn generate(
         prefill_seconds,
         decode_seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-/// Streams text while holding back any tail that could be the start of a stop string.
-struct StopStrings<'a> {
-    stops: &'a [String],
-    text: String,
-    emitted: usize,
-    stopped: bool,
-}
-
-impl<'a> StopStrings<'a> {
-    fn new(stops: &'a [String]) -> Self {
-        StopStrings {
-            stops,
-            text: String::new(),
-            emitted: 0,
-            stopped: false,
-        }
-    }
-
-    /// Adds text; returns true when a stop string completed (the text is cut before it).
-    fn push(&mut self, piece: &str, on_text: &mut impl FnMut(&str)) -> bool {
-        if self.stopped {
-            return true;
-        }
-        // A stop string may straddle pieces: search from where one could have begun.
-        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
-        let mut from = self.text.len().saturating_sub(longest);
-        while !self.text.is_char_boundary(from) {
-            from -= 1;
-        }
-        self.text.push_str(piece);
-        let hit = self
-            .stops
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
-            .min();
-        if let Some(at) = hit {
-            self.text.truncate(at);
-            self.stopped = true;
-        }
-        let safe = if self.stopped {
-            self.text.len()
-        } else {
-            self.safe_end()
-        };
-        if safe > self.emitted {
-            on_text(&self.text[self.emitted..safe]);
-            self.emitted = safe;
-        }
-        self.stopped
-    }
-
-    /// End of the text that cannot become part of a stop string.
-    fn safe_end(&self) -> usize {
-        let held = self
-            .stops
-            .iter()
-            .flat_map(|s| {
-                (1..s.len()).filter(|&k| s.is_char_boundary(k) && self.text.ends_with(&s[..k]))
-            })
-            .max()
-            .unwrap_or(0);
-        self.text.len() - held
-    }
-
-    fn finish(mut self, on_text: &mut impl FnMut(&str)) -> String {
-        if self.emitted < self.text.len() {
-            on_text(&self.text[self.emitted..]);
-            self.emitted = self.text.len();
-        }
-        self.text
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StopStrings;
-
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, String, bool) {
-        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
-        let mut s = StopStrings::new(&stops);
-        let mut streamed = String::new();
-        let mut stopped = false;
-        for p in pieces {
-            if s.push(p, &mut |t: &str| streamed.push_str(t)) {
-                stopped = true;
-                break;
-            }
-        }
-        let text = s.finish(&mut |t: &str| streamed.push_str(t));
-        (text, streamed, stopped)
-    }
-
-    #[test]
-    fn stop_string_across_pieces_is_cut_and_never_streamed() {
-        let (text, streamed, stopped) = run(&["END"], &["hello E", "N", "D more"]);
-        assert!(stopped);
-        assert_eq!(text, "hello ");
-        assert_eq!(streamed, "hello ");
-    }
-
-    #[test]
-    fn held_back_prefix_is_released_when_it_does_not_match() {
-        let (text, streamed, stopped) = run(&["END"], &["a E", "x"]);
-        assert!(!stopped);
-        assert_eq!((text.as_str(), streamed.as_str()), ("a Ex", "a Ex"));
-    }
 }

@@ -159,6 +159,28 @@ impl Config {
     }
 }
 
+/// End-of-sequence ids of a model folder: `generation_config.json`'s (what transformers'
+/// `generate` stops on), else `config.json`'s, else the tokenizer's.
+pub fn eos_token_ids(dir: &Path, config: &Config, tokenizer_eos: Option<u32>) -> Vec<u32> {
+    let from_generation_config = std::fs::read_to_string(dir.join("generation_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| match v.get("eos_token_id")? {
+            Value::Array(a) => Some(
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as u32)
+                    .collect(),
+            ),
+            x => x.as_u64().map(|x| vec![x as u32]),
+        });
+    let mut ids = from_generation_config.unwrap_or_else(|| config.eos_token_ids.clone());
+    if ids.is_empty() {
+        ids.extend(tokenizer_eos);
+    }
+    ids
+}
+
 /// YaRN's magnitude correction `0.1 · m · ln(factor) + 1` (1 when not extending).
 pub fn yarn_mscale(factor: f64, m: f64) -> f64 {
     if factor <= 1.0 {

@@ -25,7 +25,7 @@ use whale_tokenizer::{StreamDecoder, Tokenizer};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::prefix_cache::PrefixCache;
-use crate::stop::StopStrings;
+use whale_tokenizer::StopStrings;
 
 /// Scheduler limits.
 #[derive(Clone, Debug)]
@@ -81,22 +81,7 @@ pub struct TokenLogprob {
     pub top: Vec<(String, f32)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// EOS or a stop string.
-    Stop,
-    /// `max_tokens` reached or the context is full.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-        }
-    }
-}
+pub use whale_model::sampling::FinishReason;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {

@@ -20,7 +20,6 @@ pub mod openai;
 pub mod prefix_cache;
 pub mod routes;
 pub mod server;
-pub mod stop;
 
 pub use error::{ApiError, ServerError};
 pub use routes::{app, AppState, MAX_BODY_BYTES};

@@ -87,7 +87,11 @@ impl Server {
             );
             None
         };
-        let eos = eos_ids(dir, &model, tokenizer.as_deref());
+        let eos = whale_model::config::eos_token_ids(
+            dir,
+            &model.config,
+            tokenizer.as_deref().and_then(Tokenizer::eos_token_id),
+        );
         let fingerprint = model_fingerprint(dir)?;
         let metrics = Arc::new(Metrics::default());
         let (num_layers, latent_dim) = (model.config.num_hidden_layers, model.config.latent_dim());
@@ -238,28 +242,6 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-}
-
-/// End-of-sequence ids: generation_config.json's, else config.json's, else the
-/// tokenizer's (the order `whale generate` uses).
-pub fn eos_ids(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Vec<u32> {
-    let from_generation_config = std::fs::read_to_string(dir.join("generation_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| match v.get("eos_token_id")? {
-            serde_json::Value::Array(a) => Some(
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u32)
-                    .collect(),
-            ),
-            x => x.as_u64().map(|x| vec![x as u32]),
-        });
-    let mut ids = from_generation_config.unwrap_or_else(|| model.config.eos_token_ids.clone());
-    if ids.is_empty() {
-        ids.extend(tokenizer.and_then(Tokenizer::eos_token_id));
-    }
-    ids
 }
 
 /// Parses a byte count: `1073741824`, `512M`, `4GiB`, `1.5G` (K, M, G, T are powers of

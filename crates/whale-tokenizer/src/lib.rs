@@ -11,10 +11,12 @@
 mod chat;
 mod error;
 mod python_compat;
+mod stop;
 mod stream;
 mod tokenizer;
 
 pub use chat::ChatMessage;
 pub use error::TokenizerError;
+pub use stop::StopStrings;
 pub use stream::StreamDecoder;
 pub use tokenizer::Tokenizer;

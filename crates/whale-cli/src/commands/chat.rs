@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use whale_model::sampling::Sampler;
 use whale_tokenizer::ChatMessage;
 
-use super::{eos_ids, optional_tokenizer, ModelArgs, SamplingArgs};
+use super::{optional_tokenizer, ModelArgs, SamplingArgs};
 use crate::generation::{generate, Request};
 
 #[derive(clap::Args)]
@@ -28,7 +28,7 @@ pub fn run(args: Args) -> Result<()> {
     let Some(tok) = optional_tokenizer(&dir)? else {
         bail!("{}: chat needs tokenizer.json", dir.display());
     };
-    let eos = eos_ids(&dir, &model, Some(&tok));
+    let eos = whale_model::config::eos_token_ids(&dir, &model.config, tok.eos_token_id());
     let mut sampler = Sampler::new(args.sampling.params(0.7)?);
     let mut cache = model.new_cache(args.model.context(&model));
     // Ids whose latents are in the cache, so each turn only prefills what is new.

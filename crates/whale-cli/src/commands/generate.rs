@@ -4,8 +4,9 @@ use std::io::Write;
 
 use anyhow::{bail, Result};
 use whale_model::sampling::Sampler;
+use whale_tokenizer::Tokenizer;
 
-use super::{eos_ids, optional_tokenizer, parse_ids, ModelArgs, SamplingArgs};
+use super::{optional_tokenizer, parse_ids, ModelArgs, SamplingArgs};
 use crate::generation::{generate, Request};
 
 #[derive(clap::Args)]
@@ -49,7 +50,11 @@ pub fn run(args: Args) -> Result<()> {
             prompt_ids.len()
         );
     }
-    let eos = eos_ids(&dir, &model, tokenizer.as_ref());
+    let eos = whale_model::config::eos_token_ids(
+        &dir,
+        &model.config,
+        tokenizer.as_ref().and_then(Tokenizer::eos_token_id),
+    );
     let mut sampler = Sampler::new(args.sampling.params(0.8)?);
     let mut cache = model.new_cache(ctx);
     let mut stdout = std::io::stdout().lock();

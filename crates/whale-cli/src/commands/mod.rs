@@ -117,24 +117,3 @@ pub fn optional_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
         Ok(None)
     }
 }
-
-/// End-of-sequence ids: generation_config.json's, else config.json's, else the tokenizer's.
-pub fn eos_ids(dir: &Path, model: &Model, tokenizer: Option<&Tokenizer>) -> Vec<u32> {
-    let from_generation_config = std::fs::read_to_string(dir.join("generation_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| match v.get("eos_token_id")? {
-            serde_json::Value::Array(a) => Some(
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as u32)
-                    .collect(),
-            ),
-            x => x.as_u64().map(|x| vec![x as u32]),
-        });
-    let mut ids = from_generation_config.unwrap_or_else(|| model.config.eos_token_ids.clone());
-    if ids.is_empty() {
-        ids.extend(tokenizer.and_then(Tokenizer::eos_token_id));
-    }
-    ids
-}

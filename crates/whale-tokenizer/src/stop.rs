@@ -1,6 +1,5 @@
 //! Stop strings over streamed text: text that could still turn into a stop string is held
 //! back, so a client never sees the start of a stop sequence that later completes.
-//! (The same rule as `whale generate`'s loop in whale-cli/src/generation.rs.)
 
 pub struct StopStrings {
     stops: Vec<String>,

@@ -167,7 +167,14 @@ def card(run, abl, ev, model_dir, data_dir):
     A(f"- Wall time {wall/60:.1f} min of training on 1 core of an AMD EPYC (shared with other work on the machine) = **{wall/3600:.2f} CPU-hours**; "
       f"final train loss {final_loss:.3f} (mean of the last 50 steps).")
     A("- A first attempt with the router at the full LR collapsed onto 1–2 experts per layer within 20 steps; the γ = 1e-3 bias could not keep up with Adam moving the router logits "
-      "(max/mean load stayed ≈7 of a possible 8 in the last layer after 360 steps). Lowering the router LR to 0.1× fixed it; that run was discarded.\n")
+      "(max/mean load stayed ≈7 of a possible 8 in the last layer after 360 steps). Lowering the router LR to 0.1× fixed it; that run (about 22 min of one core) was discarded.")
+    if abl and os.path.exists(os.path.join(abl, "progress.json")):
+        ap_ = json.load(open(os.path.join(abl, "progress.json")))
+        spm = wall / max(1, step)
+        A(f"- The no-balancing ablation ran {ap_['step']} steps at the lowest CPU priority beside the main run (its wall clock is not a cost measure; "
+          f"at the main run's {spm:.2f} s/step it is ≈{ap_['step']*spm/60:.0f} min of one core). Whole project cost, first attempt and ablation included: "
+          f"≈{(wall + 22*60 + ap_['step']*spm)/3600:.2f} CPU-hours.")
+    A("")
     A("![loss curve](../../docs/loss_curve.png)\n")
     if ev:
         d = ev["definition"]

@@ -15,9 +15,6 @@ use super::ModelArgs;
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Worker threads (default: physical cores).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Prompt tokens to prefill.
     #[arg(long, default_value_t = 512)]
     prompt: usize,
@@ -88,10 +85,7 @@ fn decode_rate(model: &Model, depth: usize, gen: usize, ctx: usize) -> Result<f6
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let threads = whale_tensor::set_threads(
-        args.threads
-            .unwrap_or_else(whale_tensor::threads::physical_cores),
-    )?;
+    let threads = whale_tensor::set_threads(args.model.threads.unwrap_or(0))?;
     let depths: Vec<usize> = args
         .depths
         .split(',')

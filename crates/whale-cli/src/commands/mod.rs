@@ -33,6 +33,9 @@ pub struct ModelArgs {
     /// Re-encode the weights at load: q8_0, q4_0, q4_k, q6_k, bf16 or f32 (default: as stored).
     #[arg(long)]
     pub quant: Option<whale_tensor::QuantType>,
+    /// Compute threads (default: the machine's physical cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl ModelArgs {
@@ -41,6 +44,8 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<(Model, PathBuf)> {
+        // One persistent pool for every matmul, sized before the first parallel call.
+        whale_tensor::set_threads(self.threads.unwrap_or(0))?;
         let dir = self.dir()?;
         let opts = whale_model::LoadOptions {
             mla: self.mla,

@@ -132,3 +132,49 @@ fn perplexity_matches_transformers_on_the_same_windows() {
     // The bound for the shipped model's perplexity: within 0.5% of transformers.
     assert!((ours / theirs - 1.0).abs() < 0.005, "{ours} vs {theirs}");
 }
+
+#[test]
+fn chat_answers_each_turn_and_quits_on_an_empty_line() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_whale"))
+        .args([
+            "chat",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "8",
+            "--system",
+            "Be brief.",
+        ])
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Good morning.\nAnd how are you?\n\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One reply line per user turn, each with some text.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let replies: Vec<&str> = stdout
+        .split('\n')
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!replies.is_empty(), "no reply in {stdout:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).matches("> ").count(),
+        3,
+        "two turns, then the quitting prompt"
+    );
+}

@@ -44,6 +44,34 @@ impl std::str::FromStr for MlaImpl {
     }
 }
 
+/// MLA sizes in the letters of the shape comments: heads, nope / rope / value head dims,
+/// latent rank, query-key head dim (`n + r`) and cached row width (`c + r`).
+#[derive(Clone, Copy)]
+struct MlaDims {
+    h: usize,
+    nd: usize,
+    rd: usize,
+    vd: usize,
+    cd: usize,
+    qk: usize,
+    ld: usize,
+}
+
+impl MlaDims {
+    fn of(c: &Config) -> MlaDims {
+        let (nd, rd, cd) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
+        MlaDims {
+            h: c.num_attention_heads,
+            nd,
+            rd,
+            vd: c.v_head_dim,
+            cd,
+            qk: nd + rd,
+            ld: cd + rd,
+        }
+    }
+}
+
 /// Query projection: plain, or low-rank with a norm in between (q-LoRA).
 enum QProj {
     Plain(Weight),
@@ -398,14 +426,15 @@ impl Model {
     fn attention(&self, layer: usize, a: &Mla, x: &[f32], steps: &mut [Step]) -> Vec<f32> {
         let c = &self.config;
         let t = x.len() / c.hidden_size;
-        let (h, nd, rd, vd, cd) = (
-            c.num_attention_heads,
-            c.qk_nope_head_dim,
-            c.qk_rope_head_dim,
-            c.v_head_dim,
-            c.kv_lora_rank,
-        );
-        let (qk, ld) = (nd + rd, cd + rd);
+        let MlaDims {
+            h,
+            nd,
+            rd: _,
+            vd,
+            cd,
+            qk,
+            ld,
+        } = MlaDims::of(c);
 
         // Query: [t, h, n + r]; latent: [t, c + r].
         let mut q = vec![0.0f32; t * h * qk];
@@ -457,14 +486,15 @@ impl Model {
     /// `q`: [s, h, n + r] of one sequence at positions `p0..`; `out`: [s, h, v].
     fn attend_naive(&self, a: &Mla, q: &[f32], cached: &[f32], p0: usize, out: &mut [f32]) {
         let c = &self.config;
-        let (h, nd, rd, vd, cd) = (
-            c.num_attention_heads,
-            c.qk_nope_head_dim,
-            c.qk_rope_head_dim,
-            c.v_head_dim,
-            c.kv_lora_rank,
-        );
-        let (qk, ld) = (nd + rd, cd + rd);
+        let MlaDims {
+            h,
+            nd,
+            rd,
+            vd,
+            cd,
+            qk,
+            ld,
+        } = MlaDims::of(c);
         let total = cached.len() / ld; // T
         let latents: Vec<f32> = cached
             .chunks_exact(ld)
@@ -495,14 +525,15 @@ impl Model {
     /// key width c + r and value width c), then `W_UV` maps the result back per head.
     fn attend_absorbed(&self, a: &Mla, q: &[f32], cached: &[f32], p0: usize, out: &mut [f32]) {
         let c = &self.config;
-        let (h, nd, rd, vd, cd) = (
-            c.num_attention_heads,
-            c.qk_nope_head_dim,
-            c.qk_rope_head_dim,
-            c.v_head_dim,
-            c.kv_lora_rank,
-        );
-        let (qk, ld) = (nd + rd, cd + rd);
+        let MlaDims {
+            h,
+            nd,
+            rd: _,
+            vd,
+            cd,
+            qk,
+            ld,
+        } = MlaDims::of(c);
         let wkv_b = a
             .kv_b_dense
             .as_deref()

@@ -241,11 +241,9 @@ impl<'a> WeightLoader<'a> {
             QuantType::Q6K => &[QuantType::Q6K, QuantType::Q8_0],
             QuantType::Q4K => &[QuantType::Q4K, QuantType::Q4_0, QuantType::Q8_0],
             QuantType::Q4_0 => &[QuantType::Q4_0, QuantType::Q8_0],
-            other => std::slice::from_ref(match other {
-                QuantType::Q8_0 => &QuantType::Q8_0,
-                QuantType::Bf16 => &QuantType::Bf16,
-                _ => &QuantType::F32,
-            }),
+            QuantType::Q8_0 => &[QuantType::Q8_0],
+            QuantType::Bf16 => &[QuantType::Bf16],
+            QuantType::F32 => &[QuantType::F32],
         };
         match fallbacks.iter().copied().find(|q| q.fits(cols)) {
             Some(q) => match w.quantize(q) {

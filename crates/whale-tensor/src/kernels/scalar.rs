@@ -34,36 +34,29 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// bf16 is the top half of an f32, so widening is a 16-bit shift.
 #[inline]
 pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-    debug_assert_eq!(w.len(), x.len());
-    let mut acc = [0.0f32; 8];
-    let (wc, wr) = w.split_at(w.len() / 8 * 8);
-    let (xc, xr) = x.split_at(wc.len());
-    for (a, b) in wc.chunks_exact(8).zip(xc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += f32::from_bits((a[i].to_bits() as u32) << 16) * b[i];
-        }
-    }
-    let mut tail = 0.0;
-    for (a, b) in wr.iter().zip(xr) {
-        tail += a.to_f32() * b;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    dot_widened(w, x, |v| f32::from_bits((v.to_bits() as u32) << 16))
 }
 
 #[inline]
 pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    dot_widened(w, x, f16::to_f32)
+}
+
+/// Dot product of 16-bit floats widened by `widen` with f32 values, summed like `dot_f32`.
+#[inline]
+fn dot_widened<T: Copy>(w: &[T], x: &[f32], widen: impl Fn(T) -> f32) -> f32 {
     debug_assert_eq!(w.len(), x.len());
     let mut acc = [0.0f32; 8];
     let (wc, wr) = w.split_at(w.len() / 8 * 8);
     let (xc, xr) = x.split_at(wc.len());
     for (a, b) in wc.chunks_exact(8).zip(xc.chunks_exact(8)) {
         for i in 0..8 {
-            acc[i] += a[i].to_f32() * b[i];
+            acc[i] += widen(a[i]) * b[i];
         }
     }
     let mut tail = 0.0;
-    for (a, b) in wr.iter().zip(xr) {
-        tail += a.to_f32() * b;
+    for (&a, b) in wr.iter().zip(xr) {
+        tail += widen(a) * b;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }

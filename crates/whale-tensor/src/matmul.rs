@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::{Isa, VecDot};
-use crate::quant::{ActBlock, GgmlType};
+use crate::quant::{ActBlock, BlockQ8_0x8, GgmlType, Interleaved, ROWS};
 use crate::threads;
 use crate::weight::{Weight, WeightData};
 
@@ -58,6 +58,8 @@ pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: u
         WeightData::Q4_0(v) => quantized(isa, shape, v, x, out),
         WeightData::Q4K(v) => quantized(isa, shape, v, x, out),
         WeightData::Q6K(v) => quantized(isa, shape, v, x, out),
+        WeightData::Q8_0x16(v) => interleaved(isa, shape, v, x, out),
+        WeightData::Q4_0x16(v) => interleaved(isa, shape, v, x, out),
     }
 }
 
@@ -82,16 +84,74 @@ impl Shape {
 
 /// Quantizes the activations to `B::Act` blocks once, then runs the tiled integer kernels.
 fn quantized<B: GgmlType>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut [f32]) {
-    let per_token = B::act_len(s.cols / B::BLOCK);
-    let mut acts = vec![B::Act::default(); s.n_tokens * per_token];
+    let acts = quantize_acts::<B::Act>(isa, s, x);
+    tiled(isa, s, w, &acts, out);
+}
+
+/// Each token's activations as `A` blocks (tokens in parallel).
+fn quantize_acts<A: ActBlock>(isa: Isa, s: Shape, x: &[f32]) -> Vec<A> {
+    let per_token = A::row_len(s.cols);
+    let mut acts = vec![A::default(); s.n_tokens * per_token];
     if s.n_tokens == 1 {
-        B::Act::quantize_act(isa, x, &mut acts);
+        A::quantize_act(isa, x, &mut acts);
     } else {
         acts.par_chunks_mut(per_token)
             .zip(x.par_chunks(s.cols))
-            .for_each(|(a, x)| B::Act::quantize_act(isa, x, a));
+            .for_each(|(a, x)| A::quantize_act(isa, x, a));
     }
-    tiled(isa, s, w, &acts, out);
+    acts
+}
+
+/// Tokens per tile for interleaved weights: AVX-512 has 32 registers, and eight lines of
+/// weights, the scales and eight accumulators leave room for the per-token temporaries.
+const TILE_X16: usize = 8;
+
+/// Sixteen-row groups of interleaved blocks against every token, `TILE_X16` tokens at a time;
+/// the group (16 rows × cols) stays in L1/L2 while the tiles pass over it.
+fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut [f32]) {
+    let acts = quantize_acts::<BlockQ8_0x8>(isa, s, x);
+    let a_len = acts.len() / s.n_tokens;
+    let per_row = s.cols / 32;
+    let groups = s.rows / ROWS;
+    let out = SharedOut::new(out);
+    let groups_per_task = s.rows_per_task().div_ceil(ROWS);
+    let task = |first: usize| {
+        for g in first..(first + groups_per_task).min(groups) {
+            let wg = &w[g * per_row..(g + 1) * per_row];
+            let mut t0 = 0;
+            while t0 < s.n_tokens {
+                let n = TILE_X16.min(s.n_tokens - t0);
+                let act = |i: usize| &acts[(t0 + i) * a_len..(t0 + i + 1) * a_len];
+                let put = |dots: &[[f32; ROWS]]| {
+                    for (i, d) in dots.iter().enumerate() {
+                        for (r, &v) in d.iter().enumerate() {
+                            // SAFETY: rows 16g..16g + 16 belong to this task alone.
+                            unsafe { out.write((t0 + i) * s.rows + g * ROWS + r, v) };
+                        }
+                    }
+                };
+                match n {
+                    1 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 1, _>(act))),
+                    2 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 2, _>(act))),
+                    3 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 3, _>(act))),
+                    4 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 4, _>(act))),
+                    5 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 5, _>(act))),
+                    6 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 6, _>(act))),
+                    7 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 7, _>(act))),
+                    _ => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 8, _>(act))),
+                }
+                t0 += n;
+            }
+        }
+    };
+    if groups_per_task >= groups {
+        task(0);
+    } else {
+        (0..groups)
+            .into_par_iter()
+            .step_by(groups_per_task)
+            .for_each(task);
+    }
 }
 
 /// The output written by disjoint row ranges from several tasks at once.
@@ -309,6 +369,65 @@ mod tests {
                     assert!(
                         err < 1e-5,
                         "{q} {}: t={t} rows={rows} cols={cols}: {err}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Interleaved Q8_0/Q4_0 (every tile width 1–8, remainders, one task and many) give the
+    /// row-major weight's results on every instruction set.
+    #[test]
+    fn interleaved_matmul_equals_row_major() {
+        let vnni = Isa::available()
+            .into_iter()
+            .find(|i| i.name() == "avx512vnni");
+        for &(t, rows, cols) in &[
+            (1, 16, 32),
+            (3, 48, 96),
+            (8, 32, 256),
+            (13, 160, 800),
+            (1, 1024, 512),
+        ] {
+            let wf = values(rows * cols, 8);
+            let x = values(t * cols, 9);
+            for q in [QuantType::Q8_0, QuantType::Q4_0] {
+                let plain = Weight::from_f32(rows, cols, wf.clone())
+                    .quantize(q)
+                    .unwrap();
+                let mut want = vec![f32::NAN; t * rows];
+                matmul_with(Isa::SCALAR, &mut want, &x, &plain, t);
+                let x16 = match vnni {
+                    Some(isa) => plain.clone().for_isa(isa),
+                    None => {
+                        let per_row = cols / 32;
+                        let data = match &plain.data {
+                            WeightData::Q8_0(v) => {
+                                WeightData::Q8_0x16(crate::quant::pack_matrix(v, per_row))
+                            }
+                            WeightData::Q4_0(v) => {
+                                WeightData::Q4_0x16(crate::quant::pack_matrix(v, per_row))
+                            }
+                            _ => unreachable!(),
+                        };
+                        Weight::new(rows, cols, data)
+                    }
+                };
+                assert!(matches!(
+                    x16.data,
+                    WeightData::Q8_0x16(_) | WeightData::Q4_0x16(_)
+                ));
+                assert_eq!(x16.to_f32(), plain.to_f32());
+                assert_eq!(x16.storage_bytes(), plain.storage_bytes());
+                let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; t * rows];
+                    matmul_with(isa, &mut got, &x, &x16, t);
+                    let err = relative_error(&got, &want64);
+                    assert!(
+                        err < 1e-6,
+                        "{q} x16 {}: t={t} rows={rows} cols={cols}: {err}",
                         isa.name()
                     );
                 }

@@ -11,8 +11,10 @@ use rayon::prelude::*;
 
 use crate::dtype::FP8_E4M3_LUT;
 use crate::error::TensorError;
+use crate::kernels::{Isa, IsaKind};
 use crate::quant::{
-    self, ggml_type, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, GgmlType, QuantType,
+    self, ggml_type, BlockQ4K, BlockQ4_0, BlockQ4_0x16, BlockQ6K, BlockQ8_0, BlockQ8_0x16,
+    GgmlType, Interleaved, QuantType,
 };
 
 pub use crate::matmul::matmul;
@@ -35,6 +37,10 @@ pub enum WeightData {
     Q4_0(Vec<BlockQ4_0>),
     Q4K(Vec<BlockQ4K>),
     Q6K(Vec<BlockQ6K>),
+    /// Q8_0 / Q4_0 with sixteen rows interleaved per block ([`crate::quant::x16`]), as the
+    /// AVX-512 VNNI kernels read them; made by [`Weight::for_isa`], same values and bytes.
+    Q8_0x16(Vec<BlockQ8_0x16>),
+    Q4_0x16(Vec<BlockQ4_0x16>),
 }
 
 /// A `[rows, cols]` matrix in its storage dtype.
@@ -53,6 +59,11 @@ impl Weight {
             assert_eq!(cols % B::BLOCK, 0, "{} rows must be whole blocks", B::NAME);
             v.len() * B::BLOCK
         }
+        fn blocks16<B: Interleaved>(v: &[B], rows: usize, cols: usize) -> usize {
+            assert_eq!(rows % quant::ROWS, 0, "interleaved rows come in sixteens");
+            assert_eq!(cols % 32, 0, "interleaved rows must be whole blocks");
+            v.len() * 32 * quant::ROWS
+        }
         let len = match &data {
             WeightData::F32(v) => v.len(),
             WeightData::F16(v) => v.len(),
@@ -70,6 +81,8 @@ impl Weight {
             WeightData::Q4_0(v) => blocks(v, cols),
             WeightData::Q4K(v) => blocks(v, cols),
             WeightData::Q6K(v) => blocks(v, cols),
+            WeightData::Q8_0x16(v) => blocks16(v, rows, cols),
+            WeightData::Q4_0x16(v) => blocks16(v, rows, cols),
         };
         assert_eq!(len, rows * cols, "weight element count");
         Weight { rows, cols, data }
@@ -113,7 +126,7 @@ impl Weight {
             cols: usize,
             bytes: &[u8],
         ) -> Result<Vec<B>, TensorError> {
-            if cols % B::BLOCK != 0 {
+            if !cols.is_multiple_of(B::BLOCK) {
                 return Err(TensorError::BlockMisfit {
                     quant: B::NAME,
                     block: B::BLOCK,
@@ -237,6 +250,8 @@ impl Weight {
             WeightData::Q4_0(_) => BlockQ4_0::NAME,
             WeightData::Q4K(_) => BlockQ4K::NAME,
             WeightData::Q6K(_) => BlockQ6K::NAME,
+            WeightData::Q8_0x16(_) => BlockQ8_0::NAME,
+            WeightData::Q4_0x16(_) => BlockQ4_0::NAME,
         }
     }
 
@@ -251,11 +266,13 @@ impl Weight {
             WeightData::Q4_0(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q4K(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q6K(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q8_0x16(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q4_0x16(v) => std::mem::size_of_val(v.as_slice()),
         }
     }
 
     /// The ggml type id and raw bytes of a block-quantized weight, exactly as a GGUF file stores
-    /// them; `None` for other storage.
+    /// them; `None` for other storage (and for interleaved rows).
     pub fn gguf_block_bytes(&self) -> Option<(u32, &[u8])> {
         fn raw<B: GgmlType>(v: &[B]) -> Option<(u32, &[u8])> {
             Some((B::GGML_TYPE, quant::blocks_as_bytes(v)))
@@ -277,6 +294,9 @@ impl Weight {
             let per_row = cols / B::BLOCK;
             B::dequantize(&v[r * per_row..(r + 1) * per_row], out);
         }
+        fn row16<B: Interleaved>(v: &[B], r: usize, cols: usize, out: &mut [f32]) {
+            B::Plain::dequantize(&quant::unpack_row(v, cols / 32, r), out);
+        }
         match &self.data {
             WeightData::F32(v) => out.copy_from_slice(&v[span]),
             WeightData::F16(v) => decode(&v[span], out, f16::to_f32),
@@ -295,7 +315,25 @@ impl Weight {
             WeightData::Q4_0(v) => row(v, r, self.cols, out),
             WeightData::Q4K(v) => row(v, r, self.cols, out),
             WeightData::Q6K(v) => row(v, r, self.cols, out),
+            WeightData::Q8_0x16(v) => row16(v, r, self.cols, out),
+            WeightData::Q4_0x16(v) => row16(v, r, self.cols, out),
         }
+    }
+
+    /// The same weight in the layout `isa`'s fastest kernels read: with AVX-512 VNNI, Q8_0 and
+    /// Q4_0 matrices whose row count is a multiple of 16 get their rows interleaved (a lossless
+    /// repack, done once at load, in parallel); everything else is returned as it is.
+    pub fn for_isa(self, isa: Isa) -> Weight {
+        if isa.0 != IsaKind::Avx512Vnni || !self.rows.is_multiple_of(quant::ROWS) {
+            return self;
+        }
+        let per_row = self.cols / 32;
+        let data = match &self.data {
+            WeightData::Q8_0(v) => WeightData::Q8_0x16(quant::pack_matrix(v, per_row)),
+            WeightData::Q4_0(v) => WeightData::Q4_0x16(quant::pack_matrix(v, per_row)),
+            _ => return self,
+        };
+        Weight::new(self.rows, self.cols, data)
     }
 
     /// The whole matrix as `f32`, row-major.

@@ -8,6 +8,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
 pub(crate) mod scalar;
 
 #[cfg(test)]
@@ -29,6 +31,9 @@ pub(crate) enum IsaKind {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C (Haswell, Zen and later).
     Avx2,
+    /// AVX2's features plus AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later):
+    /// the Q8_0/Q4_0 kernels on sixteen interleaved rows; every other kernel is AVX2's.
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -44,6 +49,13 @@ impl Isa {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+                    && std::env::var_os("WHALE_NO_AVX512").is_none()
+                {
+                    return Isa(IsaKind::Avx512Vnni);
+                }
                 return Isa(IsaKind::Avx2);
             }
             Isa::SCALAR
@@ -52,17 +64,19 @@ impl Isa {
 
     /// Every instruction set this CPU can run, scalar first (for tests and benchmarks).
     pub fn available() -> Vec<Isa> {
-        let mut all = vec![Isa::SCALAR];
-        if Isa::detect() != Isa::SCALAR {
-            all.push(Isa::detect());
-        }
-        all
+        let kinds = [IsaKind::Scalar, IsaKind::Avx2, IsaKind::Avx512Vnni];
+        let best = kinds
+            .iter()
+            .position(|&k| k == Isa::detect().0)
+            .unwrap_or(0);
+        kinds[..=best].iter().map(|&k| Isa(k)).collect()
     }
 
     pub fn name(self) -> &'static str {
         match self.0 {
             IsaKind::Scalar => "scalar",
             IsaKind::Avx2 => "avx2",
+            IsaKind::Avx512Vnni => "avx512vnni",
         }
     }
 }
@@ -90,8 +104,8 @@ impl VecDot for f32 {
     fn dot_tile<const N: usize>(isa: Isa, w: &[f32], a: [&[f32]; N]) -> [f32; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
-            IsaKind::Avx2 => unsafe { avx2::dot_f32(w, a) },
+            // SAFETY: an `Isa` holds `Avx2` or `Avx512Vnni` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { avx2::dot_f32(w, a) },
             _ => a.map(|a| scalar::dot_f32(w, a)),
         }
     }
@@ -104,8 +118,8 @@ impl VecDot for bf16 {
     fn dot_tile<const N: usize>(isa: Isa, w: &[bf16], a: [&[f32]; N]) -> [f32; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
-            IsaKind::Avx2 => unsafe { avx2::dot_bf16(w, a) },
+            // SAFETY: an `Isa` holds `Avx2` or `Avx512Vnni` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { avx2::dot_bf16(w, a) },
             _ => a.map(|a| scalar::dot_bf16(w, a)),
         }
     }
@@ -118,8 +132,8 @@ impl VecDot for f16 {
     fn dot_tile<const N: usize>(isa: Isa, w: &[f16], a: [&[f32]; N]) -> [f32; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
-            IsaKind::Avx2 => unsafe { avx2::dot_f16(w, a) },
+            // SAFETY: an `Isa` holds `Avx2` or `Avx512Vnni` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { avx2::dot_f16(w, a) },
             _ => a.map(|a| scalar::dot_f16(w, a)),
         }
     }

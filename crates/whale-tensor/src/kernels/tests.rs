@@ -280,3 +280,66 @@ fn avx2_f16_scale_conversion_is_exact() {
         assert_eq!(got.to_bits(), h.to_f32().to_bits(), "{bits:#06x}");
     }
 }
+
+/// The interleaved kernels on every instruction set (AVX-512 VNNI where present, otherwise the
+/// unpack-and-dot reference) against ggml's row-major scalar kernel, row by row, for every tile
+/// width 1–8 and block counts that leave partial activation groups.
+fn check_x16<B: crate::quant::Interleaved>() {
+    use crate::quant::{pack_matrix, unpack_row, ROWS};
+    for blocks in [1, 2, 7, 8, 9, 31, 64] {
+        let n = blocks * 32;
+        let plain = quantize::<B::Plain>(&values(ROWS * n, 7));
+        let packed = pack_matrix::<B>(&plain, blocks);
+        for r in 0..ROWS {
+            let row = unpack_row(&packed, blocks, r);
+            let (got, want) = (&row[..], &plain[r * blocks..(r + 1) * blocks]);
+            assert!(crate::quant::blocks_as_bytes(got) == crate::quant::blocks_as_bytes(want));
+        }
+        let acts: Vec<Vec<BlockQ8_0x8>> = (0..8)
+            .map(|t| quantize_act(Isa::SCALAR, &values(n, 40 + t)))
+            .collect();
+        macro_rules! tile {
+            ($($t:literal),*) => {{
+                let a = [$(acts[$t].as_slice()),*];
+                for isa in Isa::available() {
+                    let got = B::dot_tile(isa, &packed, a);
+                    for r in 0..ROWS {
+                        let row = &plain[r * blocks..(r + 1) * blocks];
+                        let want = B::Plain::dot_tile(Isa::SCALAR, row, a);
+                        let wf = {
+                            let mut v = vec![0.0f32; n];
+                            B::Plain::dequantize(row, &mut v);
+                            v
+                        };
+                        for t in 0..a.len() {
+                            let mut x = vec![0.0f32; acts[t].len() * 256];
+                            BlockQ8_0x8::dequantize_act(&acts[t], &mut x);
+                            let scale: f32 = wf.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum();
+                            let what = format!("{} x16 {} blocks={blocks} row {r} token {t}/{}",
+                                B::Plain::NAME, isa.name(), a.len());
+                            assert_close(got[t][r], want[t], scale, QUANT_DOT_REL, &what);
+                        }
+                    }
+                }
+            }};
+        }
+        tile!(0);
+        tile!(0, 1);
+        tile!(0, 1, 2);
+        tile!(0, 1, 2, 3);
+        tile!(0, 1, 2, 3, 4);
+        tile!(0, 1, 2, 3, 4, 5);
+        tile!(0, 1, 2, 3, 4, 5, 6);
+        tile!(0, 1, 2, 3, 4, 5, 6, 7);
+    }
+}
+
+#[test]
+fn q8_0x16_dot_matches_scalar() {
+    check_x16::<crate::quant::BlockQ8_0x16>();
+}
+
+#[test]
+fn q4_0x16_dot_matches_scalar() {
+    check_x16::<crate::quant::BlockQ4_0x16>();
+}

@@ -17,6 +17,7 @@ mod q6_k;
 mod q8_0;
 mod q8_0x8;
 mod q8_k;
+mod x16;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
 pub use q8_0x8::BlockQ8_0x8;
 pub use q8_k::BlockQ8K;
+pub use x16::{pack_matrix, unpack_row, BlockQ4_0x16, BlockQ8_0x16, Interleaved, ROWS};
 
 pub(crate) use q4_k::scales_mins as q4k_scales_mins;
 
@@ -135,7 +137,7 @@ impl QuantType {
 
     /// Whether a row of `cols` values can be stored in this format.
     pub fn fits(self, cols: usize) -> bool {
-        cols % self.block_size() == 0
+        cols.is_multiple_of(self.block_size())
     }
 }
 

@@ -253,8 +253,8 @@ impl VecDot for BlockQ4K {
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8K]; N]) -> [f32; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
-            IsaKind::Avx2 => unsafe { kernels::avx2::dot_q4_k(w, a) },
+            // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
+            IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { kernels::avx2::dot_q4_k(w, a) },
             _ => kernels::scalar::dot_q4_k(w, a),
         }
     }

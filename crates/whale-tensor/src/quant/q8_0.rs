@@ -70,8 +70,8 @@ impl VecDot for BlockQ8_0 {
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [f32; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
-            IsaKind::Avx2 => unsafe { kernels::avx2::dot_q8_0(w, a) },
+            // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
+            IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { kernels::avx2::dot_q8_0(w, a) },
             _ => kernels::scalar::dot_q8_0(w, a),
         }
     }

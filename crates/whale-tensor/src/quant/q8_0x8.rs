@@ -20,16 +20,19 @@ pub struct BlockQ8_0x8 {
     pub d: [f32; GROUP],
     /// Each block's `d · Σ qs`.
     pub s: [f32; GROUP],
+    /// Each block's `Σ qs` (for kernels that correct an integer offset before scaling).
+    pub sums: [i32; GROUP],
     pub qs: [[i8; 32]; GROUP],
 }
 
-const _: () = assert!(std::mem::size_of::<BlockQ8_0x8>() == 64 + 256);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0x8>() == 96 + 256);
 
 impl Default for BlockQ8_0x8 {
     fn default() -> Self {
         BlockQ8_0x8 {
             d: [0.0; GROUP],
             s: [0.0; GROUP],
+            sums: [0; GROUP],
             qs: [[0; 32]; GROUP],
         }
     }
@@ -42,6 +45,7 @@ impl BlockQ8_0x8 {
         let sum: i32 = b.qs.iter().map(|&q| q as i32).sum();
         self.d[i] = d;
         self.s[i] = d * sum as f32;
+        self.sums[i] = sum;
         self.qs[i] = b.qs;
     }
 
@@ -79,8 +83,8 @@ impl ActBlock for BlockQ8_0x8 {
     fn quantize_act(isa: Isa, x: &[f32], out: &mut [Self]) {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            IsaKind::Avx2 => Self::quantize_with(x, out, |x, b| {
-                // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
+            IsaKind::Avx2 | IsaKind::Avx512Vnni => Self::quantize_with(x, out, |x, b| {
+                // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
                 unsafe { kernels::avx2::quantize_q8_0(x, b) }
             }),
             _ => Self::quantize_ref(x, out),

@@ -75,8 +75,8 @@ impl ActBlock for BlockQ8K {
     fn quantize_act(isa: Isa, x: &[f32], out: &mut [Self]) {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx2` only if `Isa::detect` found AVX2, FMA and F16C.
-            IsaKind::Avx2 => unsafe { kernels::avx2::quantize_q8_k(x, out) },
+            // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
+            IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { kernels::avx2::quantize_q8_k(x, out) },
             _ => Self::quantize_ref(x, out),
         }
     }

@@ -1,0 +1,180 @@
+//! Q8_0 and Q4_0 weights with sixteen rows interleaved, the layout of the AVX-512 VNNI kernels.
+//!
+//! In ggml's row-major layout a kernel must reduce each block's products across SIMD lanes
+//! before it can apply the block's scale, once per block and token. Here one 64-byte line holds
+//! four consecutive levels of the same block from each of sixteen rows, so `vpdpbusd` with four
+//! activation bytes broadcast accumulates all sixteen rows' dot products lane by lane (lane =
+//! row) and the scales apply lane-wise: no horizontal work at all. The values are ggml's
+//! exactly (repacking is lossless, [`Interleaved::unpack`] gives the original blocks back).
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, and the broadcast operand must be the signed
+//! one (the activations), so weight levels are stored unsigned with an offset that the kernel
+//! removes through the activation blocks' integer sums: Q8_0's `q + 128`, Q4_0's nibbles `n`
+//! (whose offset 8 is already ggml's).
+
+use half::f16;
+
+use super::{BlockQ4_0, BlockQ8_0, BlockQ8_0x8, GgmlType};
+use crate::kernels::{Isa, IsaKind, VecDot};
+
+/// Rows interleaved in one block.
+pub const ROWS: usize = 16;
+
+/// One block column (32 values) of sixteen rows.
+pub trait Interleaved: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// The row-major block this interleaves.
+    type Plain: GgmlType + VecDot<Act = BlockQ8_0x8>;
+    /// The stored levels are the signed ones plus `OFFSET`.
+    const OFFSET: i32;
+    fn pack(rows: [&Self::Plain; ROWS]) -> Self;
+    fn unpack(&self, r: usize) -> Self::Plain;
+
+    /// `out[t][r] = w_r · a[t]` for the sixteen rows of `w` (a row group's blocks, one per block
+    /// column) and `N` activation rows.
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [[f32; ROWS]; N];
+}
+
+/// Sixteen Q8_0 blocks: 544 bytes, as many as the sixteen blocks they hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8_0x16 {
+    pub d: [f16; ROWS],
+    /// `qs[64·j + 4·r + k] = q_r[4·j + k] + 128` (as `u8`).
+    pub qs: [u8; 32 * ROWS],
+}
+
+/// Sixteen Q4_0 blocks: 288 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4_0x16 {
+    pub d: [f16; ROWS],
+    /// `qs[64·j + 4·r + k]` is row r's byte `4·j + k`: element `4·j + k` in the low nibble,
+    /// element `16 + 4·j + k` in the high one.
+    pub qs: [u8; 16 * ROWS],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_0x16>() == ROWS * 34);
+const _: () = assert!(std::mem::size_of::<BlockQ4_0x16>() == ROWS * 18);
+
+/// Row `r`'s bytes in a block of `per_row` bytes per row, taken four at a time.
+fn interleave<const LEN: usize>(bytes: impl Fn(usize) -> [u8; 4], out: &mut [u8; LEN]) {
+    for (i, chunk) in out.chunks_exact_mut(4).enumerate() {
+        // i = 16·j + r: line j, row r.
+        chunk.copy_from_slice(&bytes(i));
+    }
+}
+
+impl Interleaved for BlockQ8_0x16 {
+    type Plain = BlockQ8_0;
+    const OFFSET: i32 = 128;
+
+    fn pack(rows: [&BlockQ8_0; ROWS]) -> Self {
+        let mut qs = [0u8; 32 * ROWS];
+        interleave(
+            |i| {
+                let (j, r) = (i / ROWS, i % ROWS);
+                std::array::from_fn(|k| (rows[r].qs[4 * j + k] as u8) ^ 0x80)
+            },
+            &mut qs,
+        );
+        BlockQ8_0x16 {
+            d: std::array::from_fn(|r| rows[r].d),
+            qs,
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ8_0 {
+        BlockQ8_0 {
+            d: self.d[r],
+            qs: std::array::from_fn(|e| (self.qs[64 * (e / 4) + 4 * r + e % 4] ^ 0x80) as i8),
+        }
+    }
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [[f32; ROWS]; N] {
+        match isa.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
+            IsaKind::Avx512Vnni => unsafe { crate::kernels::avx512::dot_q8_0x16(w, a) },
+            _ => dot_unpacked(isa, w, a),
+        }
+    }
+}
+
+impl Interleaved for BlockQ4_0x16 {
+    type Plain = BlockQ4_0;
+    const OFFSET: i32 = 8;
+
+    fn pack(rows: [&BlockQ4_0; ROWS]) -> Self {
+        let mut qs = [0u8; 16 * ROWS];
+        interleave(
+            |i| {
+                let (j, r) = (i / ROWS, i % ROWS);
+                std::array::from_fn(|k| rows[r].qs[4 * j + k])
+            },
+            &mut qs,
+        );
+        BlockQ4_0x16 {
+            d: std::array::from_fn(|r| rows[r].d),
+            qs,
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ4_0 {
+        BlockQ4_0 {
+            d: self.d[r],
+            qs: std::array::from_fn(|e| self.qs[64 * (e / 4) + 4 * r + e % 4]),
+        }
+    }
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [[f32; ROWS]; N] {
+        match isa.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
+            IsaKind::Avx512Vnni => unsafe { crate::kernels::avx512::dot_q4_0x16(w, a) },
+            _ => dot_unpacked(isa, w, a),
+        }
+    }
+}
+
+/// The reference: each row unpacked to ggml's blocks and dotted with that format's kernel.
+fn dot_unpacked<B: Interleaved, const N: usize>(
+    isa: Isa,
+    w: &[B],
+    a: [&[BlockQ8_0x8]; N],
+) -> [[f32; ROWS]; N] {
+    let mut out = [[0.0; ROWS]; N];
+    let mut row = Vec::with_capacity(w.len());
+    for r in 0..ROWS {
+        row.clear();
+        row.extend(w.iter().map(|b| b.unpack(r)));
+        for (o, d) in out.iter_mut().zip(B::Plain::dot_tile(isa, &row, a)) {
+            o[r] = d;
+        }
+    }
+    out
+}
+
+/// Interleaves a row-major `[rows, blocks_per_row]` block matrix (`rows % 16 == 0`): block
+/// `g · blocks_per_row + b` of the result holds block column `b` of rows `16·g..16·g + 16`.
+pub fn pack_matrix<B: Interleaved>(plain: &[B::Plain], blocks_per_row: usize) -> Vec<B> {
+    use rayon::prelude::*;
+    assert_eq!(plain.len() % (ROWS * blocks_per_row.max(1)), 0);
+    let groups = plain.len() / (ROWS * blocks_per_row.max(1));
+    (0..groups * blocks_per_row)
+        .into_par_iter()
+        .map(|i| {
+            let (g, b) = (i / blocks_per_row, i % blocks_per_row);
+            B::pack(std::array::from_fn(|r| {
+                &plain[(ROWS * g + r) * blocks_per_row + b]
+            }))
+        })
+        .collect()
+}
+
+/// Row `r`'s blocks of an interleaved matrix, as ggml stores them.
+pub fn unpack_row<B: Interleaved>(packed: &[B], blocks_per_row: usize, r: usize) -> Vec<B::Plain> {
+    let group = &packed[(r / ROWS) * blocks_per_row..(r / ROWS + 1) * blocks_per_row];
+    group.iter().map(|b| b.unpack(r % ROWS)).collect()
+}

@@ -80,7 +80,7 @@ impl GgmlType {
     /// a whole number of blocks.
     pub fn row_bytes(self, values: u64) -> Option<u64> {
         let info = self.info()?;
-        if values % info.block != 0 {
+        if !values.is_multiple_of(info.block) {
             return None;
         }
         (values / info.block).checked_mul(info.bytes)

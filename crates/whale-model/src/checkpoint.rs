@@ -1,5 +1,6 @@
 //! Safetensors checkpoints (single file or sharded) read through mmap, and the typed
-//! loader that checks every tensor's name, shape and dtype before the model runs.
+//! loader that checks every tensor's name, shape and dtype before the model runs — from a
+//! safetensors checkpoint or, through [`TensorSource`], a GGUF file.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -11,6 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 use whale_tensor::{dtype::bytes_to_f32, DType, QuantType, Weight, WeightData};
 
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufCheckpoint;
 
 /// One tensor's location inside a mapped file.
 #[derive(Debug)]
@@ -179,20 +181,67 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
     Ok(index.weight_map)
 }
 
+/// Where a model's tensors come from. The loader asks for every tensor by its Hugging Face
+/// name; a GGUF file translates the name to llama.cpp's (see [`crate::gguf`]).
+#[derive(Clone, Copy)]
+pub enum TensorSource<'a> {
+    Safetensors(&'a Checkpoint),
+    Gguf(&'a GgufCheckpoint),
+}
+
+impl TensorSource<'_> {
+    /// The folder or file, for messages.
+    pub fn path(&self) -> &Path {
+        match self {
+            TensorSource::Safetensors(c) => c.dir(),
+            TensorSource::Gguf(g) => g.path(),
+        }
+    }
+
+    /// Whether the tensor with this Hugging Face name is stored.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            TensorSource::Safetensors(c) => c.contains(name),
+            TensorSource::Gguf(g) => g.contains(name),
+        }
+    }
+
+    /// Names as stored (GGUF names for a GGUF file).
+    fn stored_names(&self) -> Vec<String> {
+        match self {
+            TensorSource::Safetensors(c) => c.tensor_names().map(str::to_string).collect(),
+            TensorSource::Gguf(g) => g.tensor_names(),
+        }
+    }
+}
+
+impl<'a> From<&'a Checkpoint> for TensorSource<'a> {
+    fn from(c: &'a Checkpoint) -> Self {
+        TensorSource::Safetensors(c)
+    }
+}
+
+impl<'a> From<&'a GgufCheckpoint> for TensorSource<'a> {
+    fn from(g: &'a GgufCheckpoint) -> Self {
+        TensorSource::Gguf(g)
+    }
+}
+
 /// Builds typed weights from a checkpoint, collecting every problem (missing tensor,
 /// wrong shape, missing FP8 scale) so they are all reported in one error.
 pub struct WeightLoader<'a> {
-    ckpt: &'a Checkpoint,
+    source: TensorSource<'a>,
     fp8_block: [usize; 2],
     problems: Vec<String>,
+    /// Stored names read so far (GGUF names for a GGUF file).
     used: HashSet<String>,
     quant: Option<QuantType>,
 }
 
 impl<'a> WeightLoader<'a> {
-    pub fn new(ckpt: &'a Checkpoint, fp8_block: Option<[usize; 2]>) -> Self {
+    pub fn new(source: impl Into<TensorSource<'a>>, fp8_block: Option<[usize; 2]>) -> Self {
         WeightLoader {
-            ckpt,
+            source: source.into(),
             fp8_block: fp8_block.unwrap_or([128, 128]),
             problems: Vec::new(),
             used: HashSet::new(),
@@ -257,31 +306,62 @@ impl<'a> WeightLoader<'a> {
         }
     }
 
-    /// Looks up `name` and checks its shape; records a problem and returns `None` if either fails.
-    fn entry(&mut self, name: &str, shape: &[usize]) -> Option<&'a Entry> {
-        let Some(e) = self.ckpt.tensors.get(name) else {
-            self.problems.push(format!(
+    /// A `[rows, cols]` matrix in its stored dtype (FP8 with its block scales; a GGUF block
+    /// format as those blocks).
+    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Weight {
+        let got = match self.source {
+            TensorSource::Safetensors(c) => self.safetensors_matrix(c, name, rows, cols),
+            TensorSource::Gguf(g) => g.matrix(name, rows, cols, &mut self.used),
+        };
+        got.unwrap_or_else(|problem| {
+            self.problems.push(problem);
+            placeholder()
+        })
+    }
+
+    /// A vector (norm weights, router bias) decoded to `f32`.
+    pub fn vector(&mut self, name: &str, len: usize) -> Vec<f32> {
+        let got = match self.source {
+            TensorSource::Safetensors(c) => self.safetensors_vector(c, name, len),
+            TensorSource::Gguf(g) => g.vector(name, len, &mut self.used),
+        };
+        got.unwrap_or_else(|problem| {
+            self.problems.push(problem);
+            vec![0.0; len]
+        })
+    }
+
+    /// Looks up `name` and checks its shape.
+    fn entry(
+        &mut self,
+        c: &'a Checkpoint,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<&'a Entry, String> {
+        let Some(e) = c.tensors.get(name) else {
+            return Err(format!(
                 "missing tensor `{name}` (expected shape {shape:?})"
             ));
-            return None;
         };
         self.used.insert(name.to_string());
         if e.shape != shape {
-            self.problems.push(format!(
+            return Err(format!(
                 "tensor `{name}` has shape {:?}, expected {shape:?}",
                 e.shape
             ));
-            return None;
         }
-        Some(e)
+        Ok(e)
     }
 
-    /// A `[rows, cols]` matrix in its stored dtype (FP8 with its block scales).
-    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Weight {
-        let Some(e) = self.entry(name, &[rows, cols]) else {
-            return placeholder();
-        };
-        let bytes = self.ckpt.bytes(e);
+    fn safetensors_matrix(
+        &mut self,
+        c: &'a Checkpoint,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight, String> {
+        let e = self.entry(c, name, &[rows, cols])?;
+        let bytes = c.bytes(e);
         let data = match e.dtype {
             DType::F32 => WeightData::F32(to_f32(DType::F32, bytes)),
             DType::F16 => WeightData::F16(
@@ -300,18 +380,15 @@ impl<'a> WeightLoader<'a> {
                 let block = self.fp8_block;
                 let scale_name = format!("{name}_scale_inv");
                 let scale_shape = [rows.div_ceil(block[0]), cols.div_ceil(block[1])];
-                let Some(s) = self.entry(&scale_name, &scale_shape) else {
-                    return placeholder();
-                };
+                let s = self.entry(c, &scale_name, &scale_shape)?;
                 if s.dtype == DType::F8E4M3 {
-                    self.problems.push(format!(
+                    return Err(format!(
                         "scale tensor `{scale_name}` must be a float type, not FP8"
                     ));
-                    return placeholder();
                 }
-                let scales = to_f32(s.dtype, self.ckpt.bytes(s));
+                let scales = to_f32(s.dtype, c.bytes(s));
                 if let Some(bad) = scales.iter().find(|v| !v.is_finite()) {
-                    self.problems.push(format!(
+                    return Err(format!(
                         "scale tensor `{scale_name}` holds a non-finite value {bad}"
                     ));
                 }
@@ -322,37 +399,36 @@ impl<'a> WeightLoader<'a> {
                 }
             }
         };
-        Weight::new(rows, cols, data)
+        Ok(Weight::new(rows, cols, data))
     }
 
-    /// A vector (norm weights, router bias) decoded to `f32`.
-    pub fn vector(&mut self, name: &str, len: usize) -> Vec<f32> {
-        match self.entry(name, &[len]) {
-            Some(e) if e.dtype == DType::F8E4M3 => {
-                self.problems
-                    .push(format!("tensor `{name}` is FP8; only matrices may be FP8"));
-                vec![0.0; len]
-            }
-            Some(e) => to_f32(e.dtype, self.ckpt.bytes(e)),
-            None => vec![0.0; len],
+    fn safetensors_vector(
+        &mut self,
+        c: &'a Checkpoint,
+        name: &str,
+        len: usize,
+    ) -> Result<Vec<f32>, String> {
+        let e = self.entry(c, name, &[len])?;
+        if e.dtype == DType::F8E4M3 {
+            return Err(format!("tensor `{name}` is FP8; only matrices may be FP8"));
         }
+        Ok(to_f32(e.dtype, c.bytes(e)))
     }
 
-    /// Fails with every recorded problem. Tensors never asked for are returned so the
-    /// caller can decide which are deliberately ignored.
+    /// Fails with every recorded problem. Tensors never asked for are returned (by their stored
+    /// names) so the caller can decide which are deliberately ignored.
     pub fn finish(self) -> Result<Vec<String>> {
         if !self.problems.is_empty() {
             return Err(ModelError::Tensors {
-                dir: self.ckpt.dir.clone(),
+                dir: self.source.path().to_path_buf(),
                 problems: self.problems,
             });
         }
         let mut unused: Vec<String> = self
-            .ckpt
-            .tensors
-            .keys()
-            .filter(|n| !self.used.contains(*n))
-            .cloned()
+            .source
+            .stored_names()
+            .into_iter()
+            .filter(|n| !self.used.contains(n))
             .collect();
         unused.sort();
         Ok(unused)

@@ -13,9 +13,10 @@ use whale_tensor::ops::{axpy, dot, rms_norm_rows, sigmoid, softmax, swiglu};
 use whale_tensor::{matmul, Weight};
 
 use crate::cache::LatentCache;
-use crate::checkpoint::{Checkpoint, WeightLoader};
+use crate::checkpoint::{Checkpoint, TensorSource, WeightLoader};
 use crate::config::{Config, ScoringFunc, TopkMethod};
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufCheckpoint;
 use crate::rope::Rope;
 
 /// eps of `q_a_layernorm` and `kv_a_layernorm`: transformers and the hub code build
@@ -159,21 +160,37 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads `config.json` and the safetensors weights of a model folder.
-    pub fn load(dir: &Path, mla: MlaImpl) -> Result<Model> {
-        Model::load_with(dir, &LoadOptions { mla, quant: None })
+    /// Loads a model folder (`config.json` and safetensors weights) or a GGUF file.
+    pub fn load(path: &Path, mla: MlaImpl) -> Result<Model> {
+        Model::load_with(path, &LoadOptions { mla, quant: None })
     }
 
-    pub fn load_with(dir: &Path, opts: &LoadOptions) -> Result<Model> {
-        let config = Config::from_file(&dir.join("config.json"))?;
-        let ckpt = Checkpoint::open(dir)?;
-        Model::from_checkpoint(config, &ckpt, opts)
+    /// [`Model::load`] with a `--quant` re-encoding. A path that is a file is read as GGUF.
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        if path.is_file() {
+            let gguf = GgufCheckpoint::open(path)?;
+            return Model::from_source(gguf.config().clone(), &gguf, opts);
+        }
+        let config = Config::from_file(&path.join("config.json"))?;
+        let ckpt = Checkpoint::open(path)?;
+        Model::from_source(config, &ckpt, opts)
     }
 
     pub fn from_checkpoint(config: Config, ckpt: &Checkpoint, opts: &LoadOptions) -> Result<Model> {
+        Model::from_source(config, ckpt, opts)
+    }
+
+    /// Builds the model from tensors named as in Hugging Face checkpoints; a GGUF source
+    /// translates the names (see [`crate::gguf`]).
+    pub fn from_source<'a>(
+        config: Config,
+        source: impl Into<TensorSource<'a>>,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
+        let source = source.into();
         let c = &config;
         let mla = opts.mla;
-        let mut w = WeightLoader::new(ckpt, c.fp8_block).with_quant(opts.quant);
+        let mut w = WeightLoader::new(source, c.fp8_block).with_quant(opts.quant);
         let (d, h) = (c.hidden_size, c.num_attention_heads);
         let embed = w.projection("model.embed_tokens.weight", c.vocab_size, d);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
@@ -256,7 +273,7 @@ impl Model {
             });
         }
         let norm = w.vector("model.norm.weight", d);
-        let head_name = if c.tie_word_embeddings && !ckpt.contains("lm_head.weight") {
+        let head_name = if c.tie_word_embeddings && !source.contains("lm_head.weight") {
             "model.embed_tokens.weight"
         } else {
             "lm_head.weight"
@@ -264,7 +281,8 @@ impl Model {
         let head = w.output_projection(head_name, c.vocab_size, d);
         let unused = w.finish()?;
         // The MTP modules (layers L..L+num_nextn_predict_layers) are accepted and ignored;
-        // anything else unused is too, as transformers does with unexpected keys.
+        // anything else unused is too, as transformers does with unexpected keys. Names are
+        // as stored (GGUF names for a GGUF file).
         let ignored_tensors = unused;
         Ok(Model {
             rope: Rope::new(c),

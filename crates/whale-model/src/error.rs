@@ -22,6 +22,8 @@ pub enum ModelError {
     Checkpoint { path: PathBuf, message: String },
     #[error("{dir}: {} tensor problem(s): {}", problems.len(), problems.join("; "))]
     Tensors { dir: PathBuf, problems: Vec<String> },
+    #[error(transparent)]
+    Gguf(#[from] whale_gguf::GgufError),
     #[error("{0}")]
     Input(String),
 }

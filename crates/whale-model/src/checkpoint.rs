@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
-use whale_tensor::{dtype::bytes_to_f32, DType, QuantType, Weight, WeightData};
+use whale_tensor::{dtype::bytes_to_f32, DType, Isa, QuantType, Weight, WeightData};
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufCheckpoint;
@@ -255,13 +255,15 @@ impl<'a> WeightLoader<'a> {
         self
     }
 
-    /// A projection matrix, re-encoded to the `--quant` type when one is set. Rows that are
+    /// A projection matrix, re-encoded to the `--quant` type when one is set, in the layout
+    /// this CPU's kernels read fastest ([`Weight::for_isa`]). Rows that are
     /// not a whole number of the type's blocks (e.g. V2-Lite's 1408-wide expert rows in a
     /// 256-value K-quant) fall back to a 32-value type of at least the same precision, as
     /// llama.cpp does: Q6_K → Q8_0, Q4_K → Q4_0 → Q8_0.
     pub fn projection(&mut self, name: &str, rows: usize, cols: usize) -> Weight {
         let target = self.quant;
         self.reencoded(name, rows, cols, target)
+            .for_isa(Isa::detect())
     }
 
     /// The output head (`lm_head`): llama.cpp's mixes keep it at Q6_K under the 4-bit types,
@@ -272,6 +274,7 @@ impl<'a> WeightLoader<'a> {
             other => other,
         };
         self.reencoded(name, rows, cols, target)
+            .for_isa(Isa::detect())
     }
 
     fn reencoded(

@@ -21,15 +21,29 @@ pub enum TokenizerError {
         field: String,
         message: String,
     },
-    /// The model folder has no chat template (neither `chat_template.jinja` nor the config field).
-    #[error("no chat template: {} has no `chat_template` and there is no chat_template.jinja", path.display())]
-    NoChatTemplate { path: PathBuf },
+    /// The model has no chat template (a folder: neither `chat_template.jinja` nor the config
+    /// field; a GGUF file: no `tokenizer.chat_template`). `missing` says what was looked for.
+    #[error("no chat template: {} has no {missing}", path.display())]
+    NoChatTemplate {
+        path: PathBuf,
+        missing: &'static str,
+    },
     /// The chat template failed to compile or to render (includes `raise_exception` calls).
     #[error("chat template from {}: {message}", path.display())]
     Template { path: PathBuf, message: String },
     /// transformers refuses to render an empty message list; so do we.
     #[error("cannot apply the chat template to an empty conversation")]
     EmptyConversation,
+    /// A GGUF file that cannot be read at all.
+    #[error(transparent)]
+    Gguf(#[from] whale_gguf::GgufError),
+    /// A GGUF file whose `tokenizer.*` metadata whale cannot turn into a tokenizer.
+    #[error("{}: key `{key}`: {message}", path.display())]
+    InvalidGguf {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
     /// The `tokenizers` crate failed to encode.
     #[error("encoding failed: {0}")]
     Encode(String),

@@ -5,11 +5,14 @@
 //!   what `tokenizer_config.json` says: special tokens and the chat template.
 //! * [`Tokenizer::apply_chat_template`] renders with minijinja configured like transformers'
 //!   jinja2 sandbox, so the text matches `apply_chat_template(tokenize=False)`.
+//! * [`Tokenizer::from_gguf`] builds the same kind of tokenizer from the `tokenizer.*` metadata
+//!   of a llama.cpp GGUF file.
 //! * [`StreamDecoder`] turns ids pushed one at a time into text without ever splitting a
 //!   multi-byte character.
 
 mod chat;
 mod error;
+mod gguf;
 mod python_compat;
 mod stop;
 mod stream;

@@ -32,8 +32,9 @@ pub struct Tokenizer {
     eos_token_id: Option<u32>,
     /// `None` when the folder has no template; a broken template is kept and reported on use.
     chat_template: Option<ChatTemplate>,
-    /// Where a template would have come from, for the `NoChatTemplate` error.
-    config_path: PathBuf,
+    /// Where a template would have come from and what it is called there, for the
+    /// `NoChatTemplate` error.
+    template_home: (PathBuf, &'static str),
 }
 
 // The server shares one tokenizer across request threads.
@@ -109,8 +110,28 @@ impl Tokenizer {
             bos_token_id,
             eos_token_id,
             chat_template,
-            config_path,
+            template_home: (
+                config_path,
+                "`chat_template` and there is no chat_template.jinja",
+            ),
         })
+    }
+
+    /// Assembles a tokenizer from parts built elsewhere (a GGUF file's metadata).
+    pub(crate) fn from_parts(
+        inner: tokenizers::Tokenizer,
+        bos_token_id: Option<u32>,
+        eos_token_id: Option<u32>,
+        chat_template: Option<ChatTemplate>,
+        template_home: (PathBuf, &'static str),
+    ) -> Self {
+        Tokenizer {
+            inner,
+            bos_token_id,
+            eos_token_id,
+            chat_template,
+            template_home,
+        }
     }
 
     /// Encodes plain text. `add_special_tokens = true` applies the post-processor (see the BOS
@@ -143,7 +164,8 @@ impl Tokenizer {
             self.chat_template
                 .as_ref()
                 .ok_or_else(|| TokenizerError::NoChatTemplate {
-                    path: self.config_path.clone(),
+                    path: self.template_home.0.clone(),
+                    missing: self.template_home.1,
                 })?;
         if messages.is_empty() {
             return Err(TokenizerError::EmptyConversation);

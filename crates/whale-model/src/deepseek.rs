@@ -10,7 +10,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 use whale_tensor::ops::{axpy, dot, rms_norm_rows, sigmoid, softmax, swiglu};
-use whale_tensor::{matmul, Weight};
+use whale_tensor::{matmul, matmul_f32, weighted_rows, Weight};
 
 use crate::cache::LatentCache;
 use crate::checkpoint::{Checkpoint, TensorSource, WeightLoader};
@@ -165,9 +165,10 @@ impl Model {
         Model::load_with(path, &LoadOptions { mla, quant: None })
     }
 
-    /// [`Model::load`] with a `--quant` re-encoding. A path that is a file is read as GGUF.
+    /// [`Model::load`] with a `--quant` re-encoding. A path that is a file (or is named
+    /// `*.gguf`) is read as GGUF.
     pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Model> {
-        if path.is_file() {
+        if path.is_file() || path.extension().is_some_and(|e| e == "gguf") {
             let gguf = GgufCheckpoint::open(path)?;
             return Model::from_source(gguf.config().clone(), &gguf, opts);
         }
@@ -541,6 +542,8 @@ impl Model {
 
     /// Absorbed MLA: `q_abs = W_UKᵀ·q_nope` attends over the latents directly (MQA with
     /// key width c + r and value width c), then `W_UV` maps the result back per head.
+    /// All heads and query tokens share one pass over the cache for the scores and one for the
+    /// weighted latents, so each cached row is read twice per step, not twice per head.
     fn attend_absorbed(&self, a: &Mla, q: &[f32], cached: &[f32], p0: usize, out: &mut [f32]) {
         let c = &self.config;
         let MlaDims {
@@ -556,29 +559,40 @@ impl Model {
             .kv_b_dense
             .as_deref()
             .expect("absorbed MLA keeps a dense kv_b");
-        out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
-            let (s, head) = (idx / h, idx % h);
-            let q_h = &q[(s * h + head) * qk..][..qk];
-            let w_uk = &wkv_b[head * (nd + vd) * cd..][..nd * cd]; // [n, c]
-            let w_uv = &wkv_b[(head * (nd + vd) + nd) * cd..][..vd * cd]; // [v, c]
-            let mut q_abs = vec![0.0f32; cd]; // [c]
+        let rows = q.len() / qk; // query vectors: [s, h]
+        let total = cached.len() / ld; // T
+                                       // Each query in latent space, [c + r]: (W_UKᵀ·q_nope, q_pe), one dot with a cached row.
+        let mut q_lat = vec![0.0f32; rows * ld];
+        q_lat.par_chunks_mut(ld).enumerate().for_each(|(idx, q_l)| {
+            let q_h = &q[idx * qk..][..qk];
+            let w_uk = &wkv_b[(idx % h) * (nd + vd) * cd..][..nd * cd]; // [n, c]
+            let (abs, pe) = q_l.split_at_mut(cd);
             for (i, &qn) in q_h[..nd].iter().enumerate() {
-                axpy(&mut q_abs, qn, &w_uk[i * cd..][..cd]);
+                axpy(abs, qn, &w_uk[i * cd..][..cd]);
             }
-            let visible = p0 + s + 1;
-            let mut scores: Vec<f32> = (0..visible)
-                .map(|j| {
-                    let row = &cached[j * ld..][..ld];
-                    (dot(&q_abs, &row[..cd]) + dot(&q_h[nd..], &row[cd..])) * self.softmax_scale
-                })
-                .collect();
-            softmax(&mut scores);
-            let mut o_lat = vec![0.0f32; cd]; // Σ p·c_KV: [c]
-            for (j, &p) in scores.iter().enumerate() {
-                axpy(&mut o_lat, p, &cached[j * ld..][..cd]);
-            }
+            pe.copy_from_slice(&q_h[nd..]);
+        });
+        let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
+        matmul_f32(&mut probs, &q_lat, cached, total, ld, rows);
+        probs
+            .par_chunks_mut(total)
+            .enumerate()
+            .for_each(|(idx, p)| {
+                let visible = p0 + idx / h + 1; // causal: keys 0..=p0+s
+                let (p, masked) = p.split_at_mut(visible);
+                for v in p.iter_mut() {
+                    *v *= self.softmax_scale;
+                }
+                softmax(p);
+                masked.fill(0.0);
+            });
+        let mut o_lat = vec![0.0f32; rows * cd]; // Σ p·c_KV: [s·h, c]
+        weighted_rows(&mut o_lat, &probs, cached, total, cd, ld);
+        out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
+            let w_uv = &wkv_b[((idx % h) * (nd + vd) + nd) * cd..][..vd * cd]; // [v, c]
+            let o_l = &o_lat[idx * cd..][..cd];
             for (i, oi) in o.iter_mut().enumerate() {
-                *oi = dot(&w_uv[i * cd..][..cd], &o_lat);
+                *oi = dot(&w_uv[i * cd..][..cd], o_l);
             }
         });
     }

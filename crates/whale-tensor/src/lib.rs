@@ -17,7 +17,7 @@ pub mod weight;
 pub use dtype::DType;
 pub use error::TensorError;
 pub use kernels::Isa;
-pub use matmul::{matmul, matmul_with};
+pub use matmul::{matmul, matmul_f32, matmul_with, weighted_rows};
 pub use quant::QuantType;
 pub use threads::set_threads;
 pub use weight::{Weight, WeightData};

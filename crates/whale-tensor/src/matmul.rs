@@ -63,6 +63,77 @@ pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: u
     }
 }
 
+/// `out[t, rows] = x[t, cols] · wᵀ` for a borrowed row-major f32 matrix `w` of `rows` rows of
+/// `stride ≥ cols` values (the first `cols` used), e.g. an attention cache: each row of `w` is
+/// read once for all `n_tokens` rows of `x`, tiled and threaded as [`matmul`].
+pub fn matmul_f32(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+) {
+    assert_eq!(x.len(), n_tokens * cols, "matmul_f32 input length");
+    assert_eq!(out.len(), n_tokens * rows, "matmul_f32 output length");
+    assert!(w.len() >= rows * cols, "matmul_f32 matrix length");
+    if n_tokens == 0 || rows == 0 {
+        return;
+    }
+    threads::threads();
+    let shape = Shape {
+        rows,
+        cols,
+        n_tokens,
+    };
+    tiled(Isa::detect(), shape, &w[..rows * cols], x, out);
+}
+
+/// `out[t, :cols] = Σ_j p[t, j] · w[j, :cols]` for `t < n` (`p`: `[n, rows]`, `w`: `rows` rows
+/// of `stride` values): probability-weighted sums of matrix rows, as attention sums values.
+/// Columns are split across threads, so every row segment is read once for all `n` weights,
+/// and zero weights (masked positions) are skipped.
+pub fn weighted_rows(
+    out: &mut [f32],
+    p: &[f32],
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    stride: usize,
+) {
+    let n = p.len() / rows.max(1);
+    assert_eq!(out.len(), n * cols, "weighted_rows output length");
+    assert!(
+        rows == 0 || w.len() >= (rows - 1) * stride + cols,
+        "weighted_rows matrix length"
+    );
+    const CHUNK: usize = 64;
+    let parts: Vec<(usize, Vec<f32>)> = (0..cols)
+        .into_par_iter()
+        .step_by(CHUNK)
+        .map(|c0| {
+            let width = CHUNK.min(cols - c0);
+            let mut acc = vec![0.0f32; n * width];
+            for j in 0..rows {
+                let seg = &w[j * stride + c0..][..width];
+                for (t, a) in acc.chunks_exact_mut(width).enumerate() {
+                    let pj = p[t * rows + j];
+                    if pj != 0.0 {
+                        crate::ops::axpy(a, pj, seg);
+                    }
+                }
+            }
+            (c0, acc)
+        })
+        .collect();
+    for (c0, acc) in parts {
+        let width = acc.len() / n.max(1);
+        for (t, a) in acc.chunks_exact(width.max(1)).enumerate() {
+            out[t * cols + c0..][..width].copy_from_slice(a);
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Shape {
     rows: usize,

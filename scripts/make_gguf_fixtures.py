@@ -240,8 +240,9 @@ def looks_special(token: str) -> bool:
 
 
 def write_vocab(model_dir: Path, name: str, pre: str) -> Path:
-    """`convert_hf_to_gguf.py --vocab-only` for a gpt2-style tokenizer: `get_vocab_base`,
-    then gguf.SpecialVocab for merges, special ids, add_bos/eos and the chat template."""
+    """`convert_hf_to_gguf.py --vocab-only` for a gpt2-style tokenizer: the model parameters,
+    `get_vocab_base`, then gguf.SpecialVocab for merges, special ids, add_bos/eos and the chat
+    template; no tensors."""
     from transformers import AutoTokenizer
 
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -270,9 +271,8 @@ def write_vocab(model_dir: Path, name: str, pre: str) -> Path:
         tokens.append(token)
     path = OUT / f"{name}-vocab.gguf"
     w = gguf.GGUFWriter(path, "deepseek2")
-    w.add_type(gguf.GGUFType.MODEL)
-    w.add_name(name)
-    w.add_vocab_size(vocab_size)
+    # --vocab-only still writes the model parameters, just no tensors.
+    write_params(w, cfg, "current", gguf.LlamaFileType.MOSTLY_BF16, name)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)

@@ -217,9 +217,15 @@ impl<'a> Parser<'a> {
         let mut metadata = Vec::with_capacity(cap(n_kv, 12, self.bytes.len()));
         let mut keys = HashMap::new();
         for i in 0..n_kv {
-            let key = self.string(&|| format!("metadata entry {i} (its key)"), &|m| {
-                metadata_err(path, &format!("#{i}"), m)
-            })?;
+            let after = |v: &Vec<(String, Value)>| match v.last() {
+                Some((k, _)) => format!(", after `{k}`"),
+                None => String::new(),
+            };
+            let context = after(&metadata);
+            let key = self.string(
+                &|| format!("the key of metadata entry {i} of {n_kv}{context}"),
+                &|m| metadata_err(path, &format!("#{i}{context}"), m),
+            )?;
             let ty = self.u32(&|| format!("metadata key `{key}`"))?;
             let value = self.value(&key, ty, 0)?;
             if keys.insert(key.clone(), metadata.len()).is_some() {
@@ -242,9 +248,10 @@ impl<'a> Parser<'a> {
         let mut tensors = Vec::with_capacity(cap(n_tensors, 24, self.bytes.len() - self.pos));
         let mut by_name = HashMap::new();
         for i in 0..n_tensors {
-            let name = self.string(&|| format!("tensor info {i} (its name)"), &|m| {
-                tensor_err(path, &format!("#{i}"), m)
-            })?;
+            let name = self.string(
+                &|| format!("the name of tensor info {i} of {n_tensors}"),
+                &|m| tensor_err(path, &format!("#{i}"), m),
+            )?;
             let what = || format!("tensor info `{name}`");
             let n_dims = self.u32(&what)? as usize;
             if n_dims > MAX_DIMS {

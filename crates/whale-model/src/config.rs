@@ -160,7 +160,8 @@ impl Config {
 }
 
 /// End-of-sequence ids of a model folder: `generation_config.json`'s (what transformers'
-/// `generate` stops on), else `config.json`'s, else the tokenizer's.
+/// `generate` stops on), else `config.json`'s, else the tokenizer's. For a GGUF file (no
+/// folder to look in) the config's, which hold the file's EOS, EOT and EOM ids.
 pub fn eos_token_ids(dir: &Path, config: &Config, tokenizer_eos: Option<u32>) -> Vec<u32> {
     let from_generation_config = std::fs::read_to_string(dir.join("generation_config.json"))
         .ok()

@@ -683,26 +683,21 @@ fn rope_scaling(m: &Meta) -> Result<Json> {
     }
 }
 
-/// GGUF stores no routing method; it follows from the gating function, the groups and whether
-/// the layers carry a selection bias (`exp_probs_b`):
-/// * sigmoid with a bias: V3's `noaux_tc`;
+/// GGUF stores no routing method; it follows from the gating function and the groups:
+/// * sigmoid: V3's `noaux_tc` (its per-layer `exp_probs_b` biases are then required tensors);
 /// * softmax with groups: V2's `group_limited_greedy` (groups ranked by their best expert).
 ///   llama.cpp ranks groups by their two best experts for every model, so it differs from
 ///   DeepSeek-V2 here; whale keeps the reference's rule;
-/// * no groups and no bias: plain top-k.
+/// * softmax without groups: plain top-k.
 fn topk_method(m: &Meta, sigmoid: bool, bias: bool, groups: u64) -> Result<&'static str> {
     match (sigmoid, bias, groups > 1) {
-        (true, true, _) => Ok("noaux_tc"),
+        (true, _, _) => Ok("noaux_tc"),
         (false, true, _) => Err(m.err(
             &Meta::key("expert_gating_func"),
             "the file has exp_probs_b routing biases, which need sigmoid gating (2), not softmax",
         )),
         (false, false, true) => Ok("group_limited_greedy"),
-        (true, false, true) => Err(m.err(
-            &Meta::key("expert_group_count"),
-            "sigmoid gating with expert groups but no exp_probs_b biases is not supported",
-        )),
-        (_, false, false) => Ok("greedy"),
+        (false, false, false) => Ok("greedy"),
     }
 }
 

@@ -273,13 +273,28 @@ fn checksum(bytes: &[u8]) -> u64 {
 }
 
 /// Identifies a model's weights: `config.json` and each safetensors file's name, size and
-/// header (tensor names, dtypes, shapes and offsets), without reading the weights.
+/// header (tensor names, dtypes, shapes and offsets), without reading the weights. For a GGUF
+/// file: its name, size, and everything before the tensor data (metadata and tensor infos).
 pub fn model_fingerprint(dir: &Path) -> Result<u64, ServerError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ServerError::Io { path, source }
     };
     let mut h = StableHasher::new(u64::from(FORMAT_VERSION));
+    if dir.is_file() {
+        let gguf = whale_gguf::GgufFile::open(dir).map_err(|e| ServerError::Model(e.into()))?;
+        let mut f = fs::File::open(dir).map_err(io(dir))?;
+        let mut header = vec![0u8; gguf.data_offset() as usize];
+        f.read_exact(&mut header).map_err(io(dir))?;
+        h.write_bytes(
+            dir.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
+        h.write_u64(gguf.file_size());
+        h.write_bytes(&header);
+        return Ok(h.finish());
+    }
     let config = dir.join("config.json");
     h.write_bytes(&fs::read(&config).map_err(io(&config))?);
     let mut files: Vec<PathBuf> = fs::read_dir(dir)

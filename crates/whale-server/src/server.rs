@@ -67,7 +67,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts serving `model`, loaded from `dir` (which also holds the tokenizer files).
+    /// Starts serving `model`, loaded from `dir`: a model folder (which also holds the tokenizer
+    /// files) or a GGUF file (which also holds the tokenizer).
     pub fn start(model: Model, dir: &Path, opts: &ServeOptions) -> Result<Server, ServerError> {
         if opts.max_seqs == 0 {
             return Err(ServerError::Options("--max-seqs must be at least 1".into()));
@@ -76,17 +77,15 @@ impl Server {
         if ctx < 2 {
             return Err(ServerError::Options("--ctx must be at least 2".into()));
         }
-        let tokenizer = if dir.join("tokenizer.json").is_file() {
-            Some(Arc::new(
-                Tokenizer::from_dir(dir).map_err(|e| ServerError::Tokenizer(e.to_string()))?,
-            ))
-        } else {
+        let tokenizer =
+            Tokenizer::for_model(dir).map_err(|e| ServerError::Tokenizer(e.to_string()))?;
+        if tokenizer.is_none() {
             tracing::warn!(
-                "{} has no tokenizer.json: only token-id prompts on /v1/completions",
+                "{} has no tokenizer: only token-id prompts on /v1/completions",
                 dir.display()
             );
-            None
-        };
+        }
+        let tokenizer = tokenizer.map(Arc::new);
         let eos = whale_model::config::eos_token_ids(
             dir,
             &model.config,
@@ -133,9 +132,14 @@ impl Server {
             path: dir.to_path_buf(),
             source,
         })?;
-        let model_id = dir
-            .file_name()
-            .map_or_else(|| "whale".to_string(), |n| n.to_string_lossy().into_owned());
+        // A folder's name, or a GGUF file's without `.gguf`.
+        let model_id = if dir.is_file() {
+            dir.file_stem()
+        } else {
+            dir.file_name()
+        };
+        let model_id =
+            model_id.map_or_else(|| "whale".to_string(), |n| n.to_string_lossy().into_owned());
         let state = AppState(Arc::new(Shared {
             model_id,
             created: unix_now(),

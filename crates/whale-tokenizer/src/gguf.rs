@@ -149,6 +149,23 @@ impl Meta<'_> {
 }
 
 impl Tokenizer {
+    /// The tokenizer of a model given as a path (whale's `--model`): a folder's
+    /// `tokenizer.json`, or a GGUF file's tokenizer metadata. `None` when the model has none.
+    pub fn for_model(path: &Path) -> Result<Option<Self>, TokenizerError> {
+        if path.is_file() {
+            let file = GgufFile::open(path)?;
+            if file.get("tokenizer.ggml.model").is_none() {
+                return Ok(None);
+            }
+            return Tokenizer::from_gguf(&file).map(Some);
+        }
+        if path.join("tokenizer.json").is_file() {
+            Tokenizer::from_dir(path).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Opens a GGUF file and builds its tokenizer (see [`Tokenizer::from_gguf`]).
     pub fn from_gguf_path(path: &Path) -> Result<Self, TokenizerError> {
         Tokenizer::from_gguf(&GgufFile::open(path)?)

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use whale_model::sampling::Sampler;
 use whale_tokenizer::ChatMessage;
 
-use super::{optional_tokenizer, ModelArgs, SamplingArgs};
+use super::{required_tokenizer, ModelArgs, SamplingArgs};
 use crate::generation::{generate, Request};
 
 #[derive(clap::Args)]
@@ -25,9 +25,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let (model, dir) = args.model.load()?;
-    let Some(tok) = optional_tokenizer(&dir)? else {
-        bail!("{}: chat needs tokenizer.json", dir.display());
-    };
+    let tok = required_tokenizer(&dir, "chat")?;
     let eos = whale_model::config::eos_token_ids(&dir, &model.config, tok.eos_token_id());
     let mut sampler = Sampler::new(args.sampling.params(0.7)?);
     let mut cache = model.new_cache(args.model.context(&model));

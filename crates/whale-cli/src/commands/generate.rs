@@ -35,7 +35,7 @@ pub fn run(args: Args) -> Result<()> {
         (_, Some(ids), _) => parse_ids(ids)?,
         (Some(text), None, Some(tok)) => tok.encode(text, true)?,
         (Some(_), None, None) => bail!(
-            "{}: no tokenizer.json; pass --ids instead of --prompt",
+            "{}: no tokenizer (tokenizer.json, or tokenizer metadata in a GGUF file); pass --ids instead of --prompt",
             dir.display()
         ),
         (None, None, _) => bail!("give --prompt or --ids"),

@@ -1,15 +1,19 @@
-//! `whale inspect`: architecture, parameter counts and latent-cache size from config.json.
+//! `whale inspect`: architecture, parameter counts and latent-cache size from config.json or
+//! a GGUF file's metadata; for GGUF also the file itself (tensor types, MLA layout, tokenizer).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use whale_gguf::{GgufFile, Value};
 use whale_model::config::{Config, ModelType};
+use whale_model::GgufCheckpoint;
 
 use crate::model_dir;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model folder (only config.json is needed).
+    /// Model folder (only config.json is needed) or GGUF file (only its header is read).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Print one JSON object instead of text.
@@ -38,20 +42,88 @@ fn billions(n: u64) -> String {
     }
 }
 
+/// What a GGUF file holds besides the config.
+struct GgufSummary {
+    version: u32,
+    file_size: u64,
+    name: Option<String>,
+    /// ggml type → (tensors, bytes).
+    types: BTreeMap<String, (usize, u64)>,
+    tensors: usize,
+    /// `attn_kv_b` (older converters) or `attn_k_b` + `attn_v_b`.
+    kv_b: &'static str,
+    tokenizer: Option<String>,
+    chat_template: bool,
+}
+
+impl GgufSummary {
+    fn of(f: &GgufFile) -> GgufSummary {
+        let mut types: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+        for t in f.tensors() {
+            let e = types.entry(t.ggml_type.to_string()).or_default();
+            e.0 += 1;
+            e.1 += t.size;
+        }
+        let has = |suffix: &str| f.tensors().iter().any(|t| t.name.ends_with(suffix));
+        let kv_b = match (has(".attn_kv_b.weight"), has(".attn_k_b.weight")) {
+            (true, true) => "attn_kv_b and attn_k_b/attn_v_b",
+            (true, false) => "fused attn_kv_b (older converter)",
+            (false, true) => "split attn_k_b/attn_v_b (rebuilt to kv_b at load)",
+            (false, false) => "none",
+        };
+        let s = |k: &str| f.get(k).and_then(Value::as_str).map(str::to_string);
+        let tokenizer = s("tokenizer.ggml.model").map(|model| {
+            let n = f
+                .get("tokenizer.ggml.tokens")
+                .and_then(Value::as_array)
+                .map_or(0, |t| t.len());
+            let pre = s("tokenizer.ggml.pre").unwrap_or_else(|| "none".into());
+            format!("{model}, pre-tokenizer {pre}, {n} tokens")
+        });
+        GgufSummary {
+            version: f.version(),
+            file_size: f.file_size(),
+            name: s("general.name"),
+            types,
+            tensors: f.tensors().len(),
+            kv_b,
+            tokenizer,
+            chat_template: f.get("tokenizer.chat_template").is_some(),
+        }
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let dir = model_dir::resolve(args.model.as_deref())?;
-    let c = Config::from_file(&dir.join("config.json"))?;
+    let (c, gguf) = if dir.is_file() || dir.extension().is_some_and(|e| e == "gguf") {
+        let g = GgufCheckpoint::open(&dir)?;
+        (g.config().clone(), Some(GgufSummary::of(g.file())))
+    } else {
+        (Config::from_file(&dir.join("config.json"))?, None)
+    };
     let p = c.param_counts();
     let mla = c.latent_cache_bytes_per_token(2) as u64;
     let mha = c.mha_cache_bytes_per_token(2) as u64;
     let saved = 100.0 * (1.0 - mla as f64 / mha as f64);
     if args.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "model_type": match c.model_type { ModelType::DeepseekV2 => "deepseek_v2", ModelType::DeepseekV3 => "deepseek_v3" },
             "total_params": p.total, "active_params": p.active, "mtp_params": p.mtp,
             "latent_cache_bytes_per_token_bf16": mla, "mha_cache_bytes_per_token_bf16": mha,
             "cache_saved_percent": saved,
         });
+        if let Some(g) = &gguf {
+            let types: serde_json::Map<String, serde_json::Value> = g
+                .types
+                .iter()
+                .map(|(t, (n, b))| (t.clone(), serde_json::json!({"tensors": n, "bytes": b})))
+                .collect();
+            v["gguf"] = serde_json::json!({
+                "version": g.version, "file_size": g.file_size, "name": g.name,
+                "tensors": g.tensors, "types": types, "kv_b": g.kv_b,
+                "tokenizer": g.tokenizer, "chat_template": g.chat_template,
+            });
+        }
         println!("{v}");
         return Ok(());
     }
@@ -104,5 +176,35 @@ pub fn run(args: Args) -> Result<()> {
         "kv cache      {} bytes/token in bf16 ({} values × {} layers × 2 bytes); standard MHA of the same shape: {} bytes/token; {saved:.2}% saved",
         grouped(mla), c.latent_dim(), c.num_hidden_layers, grouped(mha)
     );
+    if let Some(g) = gguf {
+        let types: Vec<String> = g
+            .types
+            .iter()
+            .map(|(t, (n, b))| format!("{t} {n} ({:.1} MB)", *b as f64 / 1e6))
+            .collect();
+        let types = if types.is_empty() {
+            " (metadata only)".to_string()
+        } else {
+            format!(": {}", types.join(", "))
+        };
+        println!(
+            "gguf          v{}, {:.1} MB, {} tensors{types}{}",
+            g.version,
+            g.file_size as f64 / 1e6,
+            g.tensors,
+            g.name
+                .map_or(String::new(), |n| format!("; general.name {n:?}"))
+        );
+        println!("mla weights   {}", g.kv_b);
+        println!(
+            "tokenizer     {}{}",
+            g.tokenizer.unwrap_or_else(|| "none in the file".into()),
+            if g.chat_template {
+                ", chat template"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(())
 }

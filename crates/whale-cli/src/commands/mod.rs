@@ -20,8 +20,8 @@ use crate::model_dir;
 /// Where the model is and how to run it.
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
-    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json). Defaults
-    /// to the bundled model.
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or a
+    /// llama.cpp GGUF file (deepseek2). Defaults to the bundled model.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// MLA form: naive (decompress K/V) or absorbed (attend in latent space).
@@ -114,11 +114,18 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// The tokenizer of a model folder, or `None` when it has no tokenizer.json.
-pub fn optional_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
-    if dir.join("tokenizer.json").is_file() {
-        Ok(Some(Tokenizer::from_dir(dir)?))
-    } else {
-        Ok(None)
-    }
+/// The tokenizer of a model folder (tokenizer.json) or GGUF file (its tokenizer metadata), or
+/// `None` when the model has none.
+pub fn optional_tokenizer(model: &Path) -> Result<Option<Tokenizer>> {
+    Ok(Tokenizer::for_model(model)?)
+}
+
+/// The tokenizer a command cannot do without.
+pub fn required_tokenizer(model: &Path, what: &str) -> Result<Tokenizer> {
+    optional_tokenizer(model)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: {what} needs a tokenizer (tokenizer.json in a folder, tokenizer metadata in a GGUF file)",
+            model.display()
+        )
+    })
 }

@@ -8,13 +8,11 @@
 
 use std::path::PathBuf;
 
+use super::{required_tokenizer, ModelArgs};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use whale_model::sampling::log_softmax;
 use whale_model::Logits;
-use whale_tokenizer::Tokenizer;
-
-use super::ModelArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,7 +31,7 @@ const DEFAULT_WINDOW: usize = 512;
 
 pub fn run(args: Args) -> Result<()> {
     let (model, dir) = args.model.load()?;
-    let tok = Tokenizer::from_dir(&dir)?;
+    let tok = required_tokenizer(&dir, "perplexity")?;
     let text =
         std::fs::read_to_string(&args.file).with_context(|| format!("{}", args.file.display()))?;
     let ids = tok.encode(&text, false)?;

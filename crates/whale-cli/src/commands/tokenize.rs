@@ -1,16 +1,18 @@
 //! `whale tokenize`: ids of a text, or of a chat rendered with the model's template.
-//! Needs only the tokenizer files.
+//! Needs only the tokenizer files (or a GGUF file's tokenizer metadata).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use whale_tokenizer::{ChatMessage, Tokenizer};
+use whale_tokenizer::ChatMessage;
 
+use super::required_tokenizer;
 use crate::model_dir;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model folder holding tokenizer.json (and tokenizer_config.json for chats).
+    /// Model folder holding tokenizer.json (and tokenizer_config.json for chats), or a GGUF
+    /// file with tokenizer metadata.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Text to tokenize (BOS added as the tokenizer's post-processor says).
@@ -27,7 +29,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let dir = model_dir::resolve(args.model.as_deref())?;
-    let tok = Tokenizer::from_dir(&dir)?;
+    let tok = required_tokenizer(&dir, "tokenize")?;
     let out = match (&args.text, &args.messages) {
         (Some(text), _) => serde_json::json!({ "ids": tok.encode(text, true)? }),
         (None, Some(path)) => {

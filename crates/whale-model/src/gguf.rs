@@ -617,11 +617,10 @@ pub fn config_from_metadata(file: &GgufFile) -> Result<Config> {
         }
     }
     put("eos_token_id", json!(eos));
-    // No `output.weight`: llama.cpp reuses the embedding as the output head.
-    put(
-        "tie_word_embeddings",
-        json!(file.tensor("output.weight").is_none()),
-    );
+    // No `output.weight`: llama.cpp reuses the embedding as the output head. (A vocab-only
+    // file has no tensors at all and says nothing about it.)
+    let tied = !file.tensors().is_empty() && file.tensor("output.weight").is_none();
+    put("tie_word_embeddings", json!(tied));
 
     let text = Json::Object(c).to_string();
     Config::from_json_str(&text, file.path()).map_err(|e| match e {

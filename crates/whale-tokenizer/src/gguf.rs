@@ -18,9 +18,10 @@
 //! * `tokenizer.ggml.pre`: names the pre-tokenizer, whose Hugging Face form is spelled out in
 //!   [`pre_tokenizer`]; an unknown name is an error (encoding would silently differ).
 //! * BOS, as llama.cpp: prepended by `encode(text, true)` when `tokenizer.ggml.add_bos_token`
-//!   is true (gpt2 vocabularies default to false); likewise EOS with `add_eos_token`. The
-//!   converter copies `add_bos_token` from `tokenizer_config.json`, which DeepSeek-V3 sets, so
-//!   unlike its `tokenizer.json` (transformers 5 ignores that flag) the GGUF tokenizer adds BOS.
+//!   is true (gpt2 vocabularies default to false); likewise EOS with `add_eos_token`. Today's
+//!   converter takes the flag from `tokenizer.json`'s post-processor (false for DeepSeek-V3,
+//!   whose post-processor is plain ByteLevel); older ones copied `add_bos_token` from
+//!   `tokenizer_config.json` (true for V3), so older V3 files add BOS and newer ones do not.
 //! * `tokenizer.chat_template`, rendered with the special tokens the file names.
 
 use std::path::{Path, PathBuf};
@@ -56,8 +57,11 @@ fn pre_tokenizer(pre: &str) -> Option<Json> {
     Some(match pre {
         // GPT-2's regex inside the byte-level pre-tokenizer (whale-tiny's own tokenizer).
         "gpt-2" => byte_level(true),
-        // DeepSeek-V3 / R1.
-        "deepseek-v3" => json!({"type": "Sequence", "pretokenizers": [
+        // DeepSeek-V3 / R1. llama.cpp's converter names the pre-tokenizer by hashing how the
+        // Hugging Face tokenizer splits a probe text; under transformers 5, which adds no BOS
+        // there, V3's tokenizer hashes like JoyAI-LLM's (the same split without the BOS), so
+        // converted V3 files may say "joyai-llm". llama.cpp runs both with one regex set.
+        "deepseek-v3" | "joyai-llm" => json!({"type": "Sequence", "pretokenizers": [
             split("\\p{N}{1,3}"),
             split("[\u{4e00}-\u{9fa5}\u{3040}-\u{309f}\u{30a0}-\u{30ff}]+"),
             split("[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"),
@@ -190,7 +194,7 @@ impl Tokenizer {
         let pre_tokenizer = pre_tokenizer(pre).ok_or_else(|| {
             m.err(
                 pre_key,
-                format!("pre-tokenizer {pre:?} is not supported (whale knows gpt-2, deepseek-llm and deepseek-v3)"),
+                format!("pre-tokenizer {pre:?} is not supported (whale knows gpt-2, deepseek-llm, deepseek-v3 and joyai-llm)"),
             )
         })?;
 
@@ -344,7 +348,7 @@ mod tests {
 
     #[test]
     fn every_known_pre_tokenizer_loads() {
-        for pre in ["gpt-2", "deepseek-v3", "deepseek-llm"] {
+        for pre in ["gpt-2", "deepseek-v3", "joyai-llm", "deepseek-llm"] {
             let json = json!({"type": "BPE", "vocab": {}, "merges": []});
             let text = json!({"version": "1.0", "added_tokens": [], "normalizer": null,
                 "pre_tokenizer": pre_tokenizer(pre).unwrap(), "post_processor": null,

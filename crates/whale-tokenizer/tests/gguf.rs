@@ -232,12 +232,15 @@ fn convert(dir: &Path, vocab_size: usize, pre: &str) -> GgufWriter {
             w.set(key, Value::U32(id));
         }
     }
+    // gguf-py's SpecialVocab: a ByteLevel post-processor adds nothing, and it wins over
+    // tokenizer_config.json's add_bos_token/add_eos_token.
+    let byte_level = tok["post_processor"]["type"] == "ByteLevel";
     for (field, key) in [
         ("add_bos_token", "tokenizer.ggml.add_bos_token"),
         ("add_eos_token", "tokenizer.ggml.add_eos_token"),
     ] {
         if let Some(b) = cfg[field].as_bool() {
-            w.set(key, Value::Bool(b));
+            w.set(key, Value::Bool(b && !byte_level));
         }
     }
     if let Some(t) = cfg["chat_template"].as_str() {
@@ -276,12 +279,18 @@ fn deepseek_v3_gguf_tokenizer_equals_tokenizer_json() {
         "<｜User｜>, <｜Assistant｜>, tool and FIM tokens"
     );
     assert_same(&json, &gguf, &controls);
-    // llama.cpp's BOS rule: tokenizer_config.json's add_bos_token (true) is in the file, so
-    // plain text gets BOS, which V3's tokenizer.json post-processor does not add.
+    // Today's converter writes add_bos_token = false (the ByteLevel post-processor), so plain
+    // text encodes as from tokenizer.json; older converters copied tokenizer_config.json's
+    // true, and llama.cpp then prepends BOS, as whale does.
+    let mut old = convert(&dir, 129280, "deepseek-v3");
+    old.set("tokenizer.ggml.add_bos_token", Value::Bool(true));
+    let (_tmp2, old) = write(&old);
     for text in texts() {
+        let plain = json.encode(&text, true).unwrap();
+        assert_eq!(gguf.encode(&text, true).unwrap(), plain, "{text:?}");
         let mut want = vec![0];
-        want.extend(json.encode(&text, true).unwrap());
-        assert_eq!(gguf.encode(&text, true).unwrap(), want, "{text:?}");
+        want.extend(plain);
+        assert_eq!(old.encode(&text, true).unwrap(), want, "{text:?}");
     }
     assert_eq!(gguf.decode(&controls[..2], true).unwrap(), "");
     assert_eq!(

@@ -91,8 +91,9 @@ pub fn matmul_f32(
 
 /// `out[t, :cols] = Σ_j p[t, j] · w[j, :cols]` for `t < n` (`p`: `[n, rows]`, `w`: `rows` rows
 /// of `stride` values): probability-weighted sums of matrix rows, as attention sums values.
-/// Columns are split across threads, so every row segment is read once for all `n` weights,
-/// and zero weights (masked positions) are skipped.
+/// Zero weights (masked positions) are skipped. With few `t` (decode: one token's heads, whose
+/// sums fit in L2) the rows are split across threads and every row is read once for all `t`,
+/// the partial sums added at the end; with many, each task owns a range of `t`.
 pub fn weighted_rows(
     out: &mut [f32],
     p: &[f32],
@@ -107,30 +108,43 @@ pub fn weighted_rows(
         rows == 0 || w.len() >= (rows - 1) * stride + cols,
         "weighted_rows matrix length"
     );
-    const CHUNK: usize = 64;
-    let parts: Vec<(usize, Vec<f32>)> = (0..cols)
-        .into_par_iter()
-        .step_by(CHUNK)
-        .map(|c0| {
-            let width = CHUNK.min(cols - c0);
-            let mut acc = vec![0.0f32; n * width];
-            for j in 0..rows {
-                let seg = &w[j * stride + c0..][..width];
-                for (t, a) in acc.chunks_exact_mut(width).enumerate() {
-                    let pj = p[t * rows + j];
-                    if pj != 0.0 {
-                        crate::ops::axpy(a, pj, seg);
-                    }
-                }
+    if rows == 0 || cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let accumulate = |acc: &mut [f32], t: usize, js: std::ops::Range<usize>| {
+        for j in js {
+            let pj = p[t * rows + j];
+            if pj != 0.0 {
+                crate::ops::axpy(acc, pj, &w[j * stride..][..cols]);
             }
-            (c0, acc)
+        }
+    };
+    let threads = threads::threads();
+    // Per-task accumulators for every t must stay cache-resident for the row split to pay.
+    if n * cols > 64 * 1024 {
+        out.par_chunks_mut(cols).enumerate().for_each(|(t, o)| {
+            o.fill(0.0);
+            accumulate(o, t, 0..rows);
+        });
+        return;
+    }
+    let per_task = rows.div_ceil(threads * 2).max(64);
+    let partials: Vec<Vec<f32>> = (0..rows)
+        .into_par_iter()
+        .step_by(per_task)
+        .map(|j0| {
+            let mut acc = vec![0.0f32; n * cols];
+            let js = j0..(j0 + per_task).min(rows);
+            for (t, a) in acc.chunks_exact_mut(cols).enumerate() {
+                accumulate(a, t, js.clone());
+            }
+            acc
         })
         .collect();
-    for (c0, acc) in parts {
-        let width = acc.len() / n.max(1);
-        for (t, a) in acc.chunks_exact(width.max(1)).enumerate() {
-            out[t * cols + c0..][..width].copy_from_slice(a);
-        }
+    out.fill(0.0);
+    for part in partials {
+        crate::ops::axpy(out, 1.0, &part);
     }
 }
 

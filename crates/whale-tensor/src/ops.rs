@@ -55,11 +55,10 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// `y += a · x`.
+/// `y += a · x`, with AVX2/FMA where the CPU has it ([`crate::kernels`]).
+#[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o += a * v;
-    }
+    crate::kernels::axpy(y, a, x)
 }
 
 #[cfg(test)]

@@ -158,6 +158,24 @@ impl ToF32 for f16 {
 }
 
 float_dot!(dot_f32, f32, |p| _mm256_loadu_ps(p));
+
+/// `y += a · x`, eight lanes at a time with FMA (attention's weighted sums of value rows).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let av = _mm256_set1_ps(a);
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, within both slices.
+        let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)));
+        _mm256_storeu_ps(yp.add(i), v);
+        i += 8;
+    }
+    for j in i..n {
+        y[j] += a * x[j];
+    }
+}
 // bf16 is the top half of an f32: zero-extend each to 32 bits and shift left by 16.
 float_dot!(dot_bf16, bf16, |p| _mm256_castsi256_ps(_mm256_slli_epi32(
     _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())),

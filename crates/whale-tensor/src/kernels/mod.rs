@@ -146,3 +146,15 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let [d] = f32::dot_tile(Isa::detect(), a, [b]);
     d
 }
+
+/// `y += a · x` with the detected instruction set (what [`crate::ops::axpy`] calls).
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    debug_assert_eq!(y.len(), x.len());
+    match Isa::detect().0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
+        IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { avx2::axpy(y, a, x) },
+        _ => scalar::axpy(y, a, x),
+    }
+}

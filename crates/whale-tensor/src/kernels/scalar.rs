@@ -31,6 +31,14 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `y += a · x` (separate multiply and add, as written).
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
 /// bf16 is the top half of an f32, so widening is a 16-bit shift.
 #[inline]
 pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {

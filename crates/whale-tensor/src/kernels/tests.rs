@@ -343,3 +343,21 @@ fn q8_0x16_dot_matches_scalar() {
 fn q4_0x16_dot_matches_scalar() {
     check_x16::<crate::quant::BlockQ4_0x16>();
 }
+
+/// The FMA axpy equals the scalar one up to the rounding FMA skips (one per element), at odd
+/// lengths around the 8-lane boundary.
+#[test]
+fn axpy_matches_scalar() {
+    for n in [0, 1, 7, 8, 9, 31, 513] {
+        let x = values(n, 11);
+        let y0 = values(n, 12);
+        let mut want = y0.clone();
+        scalar::axpy(&mut want, 0.37, &x);
+        let mut got = y0.clone();
+        axpy(&mut got, 0.37, &x);
+        for i in 0..n {
+            let scale = y0[i].abs() + (0.37 * x[i]).abs();
+            assert_close(got[i], want[i], scale, 1e-6, &format!("axpy n={n} i={i}"));
+        }
+    }
+}

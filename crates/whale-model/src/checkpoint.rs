@@ -317,7 +317,7 @@ impl<'a> WeightLoader<'a> {
             TensorSource::Gguf(g) => g.matrix(name, rows, cols, &mut self.used),
         };
         got.unwrap_or_else(|problem| {
-            self.problems.push(problem);
+            self.record(problem);
             placeholder()
         })
     }
@@ -329,9 +329,16 @@ impl<'a> WeightLoader<'a> {
             TensorSource::Gguf(g) => g.vector(name, len, &mut self.used),
         };
         got.unwrap_or_else(|problem| {
-            self.problems.push(problem);
+            self.record(problem);
             vec![0.0; len]
         })
+    }
+
+    /// Notes a problem once (all experts of a fused GGUF tensor share its problem).
+    fn record(&mut self, problem: String) {
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
     }
 
     /// Looks up `name` and checks its shape.

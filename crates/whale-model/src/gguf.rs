@@ -290,7 +290,24 @@ fn trim_ones(dims: &[u64]) -> &[u64] {
     &dims[..keep]
 }
 
+/// The ggml types whale computes with, i.e. those [`Weight::from_gguf_bytes`] reads.
+const SUPPORTED: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
+];
+
 fn weight(t: &TensorInfo, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, String> {
+    if !SUPPORTED.contains(&t.ggml_type) {
+        return Err(format!(
+            "tensor `{}` is {}, which whale cannot compute with (it reads F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K)",
+            t.name, t.ggml_type
+        ));
+    }
     Weight::from_gguf_bytes(t.ggml_type.0, rows, cols, bytes)
         .map_err(|e| format!("tensor `{}`: {e}", t.name))
 }

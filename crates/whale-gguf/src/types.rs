@@ -63,6 +63,7 @@ impl GgmlType {
     pub const F32: GgmlType = GgmlType(0);
     pub const F16: GgmlType = GgmlType(1);
     pub const Q4_0: GgmlType = GgmlType(2);
+    pub const Q5_0: GgmlType = GgmlType(6);
     pub const Q8_0: GgmlType = GgmlType(8);
     pub const Q4_K: GgmlType = GgmlType(12);
     pub const Q6_K: GgmlType = GgmlType(14);

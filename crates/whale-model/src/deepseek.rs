@@ -559,42 +559,52 @@ impl Model {
             .kv_b_dense
             .as_deref()
             .expect("absorbed MLA keeps a dense kv_b");
-        let rows = q.len() / qk; // query vectors: [s, h]
-        let total = cached.len() / ld; // T
-                                       // Each query in latent space, [c + r]: (W_UKᵀ·q_nope, q_pe), one dot with a cached row.
-        let mut q_lat = vec![0.0f32; rows * ld];
-        q_lat.par_chunks_mut(ld).enumerate().for_each(|(idx, q_l)| {
-            let q_h = &q[idx * qk..][..qk];
-            let w_uk = &wkv_b[(idx % h) * (nd + vd) * cd..][..nd * cd]; // [n, c]
-            let (abs, pe) = q_l.split_at_mut(cd);
-            for (i, &qn) in q_h[..nd].iter().enumerate() {
-                axpy(abs, qn, &w_uk[i * cd..][..cd]);
-            }
-            pe.copy_from_slice(&q_h[nd..]);
-        });
-        let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
-        matmul_f32(&mut probs, &q_lat, cached, total, ld, rows);
-        probs
-            .par_chunks_mut(total)
-            .enumerate()
-            .for_each(|(idx, p)| {
-                let visible = p0 + idx / h + 1; // causal: keys 0..=p0+s
-                let (p, masked) = p.split_at_mut(visible);
-                for v in p.iter_mut() {
-                    *v *= self.softmax_scale;
+        let n = q.len() / (h * qk); // query tokens
+                                    // Query tokens in blocks: bounded scratch (≤ 4M scores, 16 MiB) and, under the causal
+                                    // mask, each block scores only the rows its last token can see.
+        let block = ((4 << 20) / (h * cached.len() / ld).max(1)).max(1);
+        for s0 in (0..n).step_by(block) {
+            let s1 = (s0 + block).min(n);
+            let rows = (s1 - s0) * h; // query vectors: [s, h]
+            let total = p0 + s1; // rows of the cache visible to this block
+                                 // Each query in latent space, [c + r]: (W_UKᵀ·q_nope, q_pe), one dot per cached row.
+            let mut q_lat = vec![0.0f32; rows * ld];
+            q_lat.par_chunks_mut(ld).enumerate().for_each(|(idx, q_l)| {
+                let q_h = &q[(s0 * h + idx) * qk..][..qk];
+                let w_uk = &wkv_b[(idx % h) * (nd + vd) * cd..][..nd * cd]; // [n, c]
+                let (abs, pe) = q_l.split_at_mut(cd);
+                for (i, &qn) in q_h[..nd].iter().enumerate() {
+                    axpy(abs, qn, &w_uk[i * cd..][..cd]);
                 }
-                softmax(p);
-                masked.fill(0.0);
+                pe.copy_from_slice(&q_h[nd..]);
             });
-        let mut o_lat = vec![0.0f32; rows * cd]; // Σ p·c_KV: [s·h, c]
-        weighted_rows(&mut o_lat, &probs, cached, total, cd, ld);
-        out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
-            let w_uv = &wkv_b[((idx % h) * (nd + vd) + nd) * cd..][..vd * cd]; // [v, c]
-            let o_l = &o_lat[idx * cd..][..cd];
-            for (i, oi) in o.iter_mut().enumerate() {
-                *oi = dot(&w_uv[i * cd..][..cd], o_l);
-            }
-        });
+            let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
+            matmul_f32(&mut probs, &q_lat, cached, total, ld, rows);
+            probs
+                .par_chunks_mut(total)
+                .enumerate()
+                .for_each(|(idx, p)| {
+                    let visible = p0 + s0 + idx / h + 1; // causal: keys 0..=p0+s
+                    let (p, masked) = p.split_at_mut(visible);
+                    for v in p.iter_mut() {
+                        *v *= self.softmax_scale;
+                    }
+                    softmax(p);
+                    masked.fill(0.0);
+                });
+            let mut o_lat = vec![0.0f32; rows * cd]; // Σ p·c_KV: [s·h, c]
+            weighted_rows(&mut o_lat, &probs, cached, total, cd, ld);
+            out[s0 * h * vd..s1 * h * vd]
+                .par_chunks_mut(vd)
+                .enumerate()
+                .for_each(|(idx, o)| {
+                    let w_uv = &wkv_b[((idx % h) * (nd + vd) + nd) * cd..][..vd * cd]; // [v, c]
+                    let o_l = &o_lat[idx * cd..][..cd];
+                    for (i, oi) in o.iter_mut().enumerate() {
+                        *oi = dot(&w_uv[i * cd..][..cd], o_l);
+                    }
+                });
+        }
     }
 
     /// DeepSeekMoE: routed experts weighted by the router plus the shared experts.

@@ -291,12 +291,13 @@ fn trim_ones(dims: &[u64]) -> &[u64] {
 }
 
 /// The ggml types whale computes with, i.e. those [`Weight::from_gguf_bytes`] reads.
-const SUPPORTED: [GgmlType; 7] = [
+const SUPPORTED: [GgmlType; 8] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q8_0,
     GgmlType::Q4_0,
+    GgmlType::Q5_0,
     GgmlType::Q4_K,
     GgmlType::Q6_K,
 ];
@@ -304,7 +305,7 @@ const SUPPORTED: [GgmlType; 7] = [
 fn weight(t: &TensorInfo, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, String> {
     if !SUPPORTED.contains(&t.ggml_type) {
         return Err(format!(
-            "tensor `{}` is {}, which whale cannot compute with (it reads F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K)",
+            "tensor `{}` is {}, which whale cannot compute with (it reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K and Q6_K)",
             t.name, t.ggml_type
         ));
     }

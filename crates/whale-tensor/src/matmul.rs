@@ -56,6 +56,7 @@ pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: u
         WeightData::Fp8Block { .. } => decoded(isa, shape, w, x, out),
         WeightData::Q8_0(v) => quantized(isa, shape, v, x, out),
         WeightData::Q4_0(v) => quantized(isa, shape, v, x, out),
+        WeightData::Q5_0(v) => quantized(isa, shape, v, x, out),
         WeightData::Q4K(v) => quantized(isa, shape, v, x, out),
         WeightData::Q6K(v) => quantized(isa, shape, v, x, out),
         WeightData::Q8_0x16(v) => interleaved(isa, shape, v, x, out),
@@ -134,10 +135,16 @@ pub fn weighted_rows(
         .into_par_iter()
         .step_by(per_task)
         .map(|j0| {
+            // Row-major over j: each row is loaded once and added into every t's sum.
             let mut acc = vec![0.0f32; n * cols];
-            let js = j0..(j0 + per_task).min(rows);
-            for (t, a) in acc.chunks_exact_mut(cols).enumerate() {
-                accumulate(a, t, js.clone());
+            for j in j0..(j0 + per_task).min(rows) {
+                let row = &w[j * stride..][..cols];
+                for (t, a) in acc.chunks_exact_mut(cols).enumerate() {
+                    let pj = p[t * rows + j];
+                    if pj != 0.0 {
+                        crate::ops::axpy(a, pj, row);
+                    }
+                }
             }
             acc
         })

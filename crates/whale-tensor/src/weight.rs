@@ -13,8 +13,8 @@ use crate::dtype::FP8_E4M3_LUT;
 use crate::error::TensorError;
 use crate::kernels::{Isa, IsaKind};
 use crate::quant::{
-    self, ggml_type, BlockQ4K, BlockQ4_0, BlockQ4_0x16, BlockQ6K, BlockQ8_0, BlockQ8_0x16,
-    GgmlType, Interleaved, QuantType,
+    self, ggml_type, BlockQ4K, BlockQ4_0, BlockQ4_0x16, BlockQ5_0, BlockQ6K, BlockQ8_0,
+    BlockQ8_0x16, GgmlType, Interleaved, QuantType,
 };
 
 pub use crate::matmul::matmul;
@@ -35,6 +35,8 @@ pub enum WeightData {
     /// GGUF block formats: `rows · cols / BLOCK` blocks, each row starting a new block.
     Q8_0(Vec<BlockQ8_0>),
     Q4_0(Vec<BlockQ4_0>),
+    /// Read from GGUF only (llama.cpp's Q4_K_M mixes), not a `--quant` target.
+    Q5_0(Vec<BlockQ5_0>),
     Q4K(Vec<BlockQ4K>),
     Q6K(Vec<BlockQ6K>),
     /// Q8_0 / Q4_0 with sixteen rows interleaved per block ([`crate::quant::x16`]), as the
@@ -79,6 +81,7 @@ impl Weight {
             }
             WeightData::Q8_0(v) => blocks(v, cols),
             WeightData::Q4_0(v) => blocks(v, cols),
+            WeightData::Q5_0(v) => blocks(v, cols),
             WeightData::Q4K(v) => blocks(v, cols),
             WeightData::Q6K(v) => blocks(v, cols),
             WeightData::Q8_0x16(v) => blocks16(v, rows, cols),
@@ -174,6 +177,7 @@ impl Weight {
             }
             ggml_type::Q8_0 => WeightData::Q8_0(blocks(rows, cols, bytes)?),
             ggml_type::Q4_0 => WeightData::Q4_0(blocks(rows, cols, bytes)?),
+            ggml_type::Q5_0 => WeightData::Q5_0(blocks(rows, cols, bytes)?),
             ggml_type::Q4_K => WeightData::Q4K(blocks(rows, cols, bytes)?),
             ggml_type::Q6_K => WeightData::Q6K(blocks(rows, cols, bytes)?),
             other => return Err(TensorError::UnsupportedGgmlType(other)),
@@ -248,6 +252,7 @@ impl Weight {
             WeightData::Fp8Block { .. } => "fp8-block",
             WeightData::Q8_0(_) => BlockQ8_0::NAME,
             WeightData::Q4_0(_) => BlockQ4_0::NAME,
+            WeightData::Q5_0(_) => BlockQ5_0::NAME,
             WeightData::Q4K(_) => BlockQ4K::NAME,
             WeightData::Q6K(_) => BlockQ6K::NAME,
             WeightData::Q8_0x16(_) => BlockQ8_0::NAME,
@@ -264,6 +269,7 @@ impl Weight {
             WeightData::Fp8Block { values, scales, .. } => values.len() + scales.len() * 4,
             WeightData::Q8_0(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q4_0(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q5_0(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q4K(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q6K(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q8_0x16(v) => std::mem::size_of_val(v.as_slice()),
@@ -280,6 +286,7 @@ impl Weight {
         match &self.data {
             WeightData::Q8_0(v) => raw(v),
             WeightData::Q4_0(v) => raw(v),
+            WeightData::Q5_0(v) => raw(v),
             WeightData::Q4K(v) => raw(v),
             WeightData::Q6K(v) => raw(v),
             _ => None,
@@ -313,6 +320,7 @@ impl Weight {
             }
             WeightData::Q8_0(v) => row(v, r, self.cols, out),
             WeightData::Q4_0(v) => row(v, r, self.cols, out),
+            WeightData::Q5_0(v) => row(v, r, self.cols, out),
             WeightData::Q4K(v) => row(v, r, self.cols, out),
             WeightData::Q6K(v) => row(v, r, self.cols, out),
             WeightData::Q8_0x16(v) => row16(v, r, self.cols, out),

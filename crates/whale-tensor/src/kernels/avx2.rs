@@ -13,7 +13,8 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use crate::quant::{
-    q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_0x8, QK_K,
+    q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_0x8,
+    QK_K,
 };
 
 /// Q8_0 activation blocks per group.
@@ -297,6 +298,39 @@ block32_dot!(
     },
     product: |(n, _): (__m256i, __m256i), y: __m256i| _mm256_maddubs_epi16(n, y),
 );
+
+// Σ (n − 16)·y with the 5-bit levels n unsigned: Q4_0's nibbles plus each element's fifth bit.
+block32_dot!(
+    dot_q5_0,
+    BlockQ5_0,
+    offset: -16.0,
+    unpack: |b: &BlockQ5_0| {
+        let n = _mm256_or_si256(nibbles_to_bytes(&b.qs), fifth_bits(b.qh));
+        (n, n)
+    },
+    product: |(n, _): (__m256i, __m256i), y: __m256i| _mm256_maddubs_epi16(n, y),
+);
+
+/// Bit `e` of the little-endian `qh` → `0x10` in byte `e` (0 otherwise).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fifth_bits(qh: [u8; 4]) -> __m256i {
+    // Byte e gets qh's byte e / 8; OR-ing every bit but bit e % 8 makes it all-ones iff set.
+    let bytes = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(i32::from_le_bytes(qh)),
+        _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0,
+        ),
+    );
+    let set = _mm256_cmpeq_epi8(
+        _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe)),
+        _mm256_set1_epi64x(-1),
+    );
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
 
 /// 16 bytes of nibbles → 32 bytes 0..15: low nibbles first (elements 0..15), then high.
 #[inline]

@@ -5,7 +5,7 @@
 use half::{bf16, f16};
 
 use crate::quant::{
-    q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_0x8,
+    q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_0x8,
 };
 
 /// Q8_0 activation blocks per group.
@@ -81,6 +81,22 @@ pub fn dot_q8_0<const N: usize>(w: &[BlockQ8_0], a: [&[BlockQ8_0x8]; N]) -> [f32
                 .iter()
                 .zip(&g.qs[i])
                 .map(|(&x, &y)| x as i32 * y as i32)
+                .sum();
+            sum += sumi as f32 * (wb.d.to_f32() * g.d[i]);
+        }
+        sum
+    })
+}
+
+/// Σ_blocks d_w·d_a·Σ (n − 16)·a_q over Q5_0's 5-bit levels.
+pub fn dot_q5_0<const N: usize>(w: &[BlockQ5_0], a: [&[BlockQ8_0x8]; N]) -> [f32; N] {
+    a.map(|a| {
+        assert_eq!(a.len(), w.len().div_ceil(GROUP));
+        let mut sum = 0.0f32;
+        for (b, wb) in w.iter().enumerate() {
+            let (g, i) = (&a[b / GROUP], b % GROUP);
+            let sumi: i32 = (0..32)
+                .map(|e| (wb.level(e) as i32 - 16) * g.qs[i][e] as i32)
                 .sum();
             sum += sumi as f32 * (wb.d.to_f32() * g.d[i]);
         }

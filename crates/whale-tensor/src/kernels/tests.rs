@@ -158,6 +158,11 @@ fn q4_0_dot_matches_scalar() {
 }
 
 #[test]
+fn q5_0_dot_matches_scalar() {
+    check_quant::<crate::quant::BlockQ5_0>();
+}
+
+#[test]
 fn q4_k_dot_matches_scalar() {
     check_quant::<BlockQ4K>();
 }

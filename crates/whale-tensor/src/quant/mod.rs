@@ -13,6 +13,7 @@
 
 mod q4_0;
 mod q4_k;
+mod q5_0;
 mod q6_k;
 mod q8_0;
 mod q8_0x8;
@@ -27,6 +28,7 @@ use std::str::FromStr;
 
 pub use q4_0::BlockQ4_0;
 pub use q4_k::BlockQ4K;
+pub use q5_0::BlockQ5_0;
 pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
 pub use q8_0x8::BlockQ8_0x8;
@@ -85,6 +87,7 @@ pub mod ggml_type {
     pub const F32: u32 = 0;
     pub const F16: u32 = 1;
     pub const Q4_0: u32 = 2;
+    pub const Q5_0: u32 = 6;
     pub const Q8_0: u32 = 8;
     pub const Q4_K: u32 = 12;
     pub const Q6_K: u32 = 14;

@@ -186,6 +186,7 @@ const RMSE_Q8_0: f32 = 0.0065;
 const RMSE_Q6_K: f32 = 0.022;
 const RMSE_Q4_K: f32 = 0.088;
 const RMSE_Q4_0: f32 = 0.104;
+const RMSE_Q5_0: f32 = 0.052;
 
 fn relative_rmse<B: GgmlType>(x: &[f32]) -> f32 {
     let q = quantize_all::<B>(x);
@@ -209,6 +210,7 @@ fn round_trip_error_bounds() {
         ("q6_k", relative_rmse::<BlockQ6K>(&bell), RMSE_Q6_K),
         ("q4_k", relative_rmse::<BlockQ4K>(&bell), RMSE_Q4_K),
         ("q4_0", relative_rmse::<BlockQ4_0>(&bell), RMSE_Q4_0),
+        ("q5_0", relative_rmse::<super::BlockQ5_0>(&bell), RMSE_Q5_0),
     ] {
         assert!(err < bound, "{name}: relative RMS error {err} ≥ {bound}");
         assert!(err > bound / 20.0, "{name}: error {err} implausibly small");
@@ -223,6 +225,7 @@ fn zero_and_constant_blocks_are_exact() {
             ("q4_0", relative_rmse::<BlockQ4_0>(&x)),
             ("q4_k", relative_rmse::<BlockQ4K>(&x)),
             ("q6_k", relative_rmse::<BlockQ6K>(&x)),
+            ("q5_0", relative_rmse::<super::BlockQ5_0>(&x)),
         ] {
             assert!(err.is_nan() || err < 1e-3, "{name}: {err}");
         }

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{Isa, VecDot};
+use crate::kernels::{self, Isa, VecDot};
 use crate::quant::{ActBlock, BlockQ8_0x8, GgmlType, Interleaved, ROWS};
 use crate::threads;
 use crate::weight::{Weight, WeightData};
@@ -131,18 +131,36 @@ pub fn weighted_rows(
         return;
     }
     let per_task = rows.div_ceil(threads * 2).max(64);
+    // Rows in blocks that stay in L2 while every 8-column strip of the sums passes over them;
+    // the block's weights transposed to [row, t] so each row's N weights sit together.
+    const ROW_BLOCK: usize = 64;
+    let isa = Isa::detect();
     let partials: Vec<Vec<f32>> = (0..rows)
         .into_par_iter()
         .step_by(per_task)
         .map(|j0| {
-            // Row-major over j: each row is loaded once and added into every t's sum.
             let mut acc = vec![0.0f32; n * cols];
-            for j in j0..(j0 + per_task).min(rows) {
-                let row = &w[j * stride..][..cols];
-                for (t, a) in acc.chunks_exact_mut(cols).enumerate() {
-                    let pj = p[t * rows + j];
-                    if pj != 0.0 {
-                        crate::ops::axpy(a, pj, row);
+            let mut pt = Vec::with_capacity(ROW_BLOCK * 8);
+            let j_end = (j0 + per_task).min(rows);
+            for jb in (j0..j_end).step_by(ROW_BLOCK) {
+                let je = (jb + ROW_BLOCK).min(j_end);
+                for g0 in (0..n).step_by(8) {
+                    let m = 8.min(n - g0);
+                    pt.clear();
+                    for j in jb..je {
+                        pt.extend((g0..g0 + m).map(|t| p[t * rows + j]));
+                    }
+                    let a = &mut acc[g0 * cols..(g0 + m) * cols];
+                    let wb = &w[jb * stride..];
+                    match m {
+                        1 => kernels::weighted_rows::<1>(isa, a, &pt, wb, stride),
+                        2 => kernels::weighted_rows::<2>(isa, a, &pt, wb, stride),
+                        3 => kernels::weighted_rows::<3>(isa, a, &pt, wb, stride),
+                        4 => kernels::weighted_rows::<4>(isa, a, &pt, wb, stride),
+                        5 => kernels::weighted_rows::<5>(isa, a, &pt, wb, stride),
+                        6 => kernels::weighted_rows::<6>(isa, a, &pt, wb, stride),
+                        7 => kernels::weighted_rows::<7>(isa, a, &pt, wb, stride),
+                        _ => kernels::weighted_rows::<8>(isa, a, &pt, wb, stride),
                     }
                 }
             }
@@ -524,6 +542,34 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Both strategies (rows split across threads with the register-tiled kernel, and one task
+    /// per sum) against an f64 reference, at strides wider than the columns and odd sizes.
+    #[test]
+    fn weighted_rows_match_f64() {
+        for &(n, rows, cols, stride) in &[
+            (1, 1, 8, 8),
+            (16, 300, 512, 576),
+            (3, 1000, 70, 80),
+            (9, 65, 13, 13),
+            (200, 130, 512, 576),
+        ] {
+            let p = values(n * rows, 10);
+            let w = values(rows * stride, 11);
+            let mut got = vec![f32::NAN; n * cols];
+            weighted_rows(&mut got, &p, &w, rows, cols, stride);
+            let want: Vec<f64> = (0..n * cols)
+                .map(|i| {
+                    let (t, c) = (i / cols, i % cols);
+                    (0..rows)
+                        .map(|j| p[t * rows + j] as f64 * w[j * stride + c] as f64)
+                        .sum()
+                })
+                .collect();
+            let err = relative_error(&got, &want);
+            assert!(err < 1e-5, "n={n} rows={rows} cols={cols}: {err}");
         }
     }
 

@@ -160,6 +160,42 @@ impl ToF32 for f16 {
 
 float_dot!(dot_f32, f32, |p| _mm256_loadu_ps(p));
 
+/// `acc[t][c] += Σ_j p[j][t] · w[j][c]` for `N` rows of sums (`p`: `rows × N`, row `j` of `w`
+/// at `j · stride`): eight columns of all `N` sums stay in registers while the rows pass, so
+/// each row segment is loaded once for all `N` (attention's probability-weighted values).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn weighted_rows<const N: usize>(acc: &mut [f32], p: &[f32], w: &[f32], stride: usize) {
+    let cols = acc.len() / N;
+    let rows = p.len() / N;
+    assert!(
+        rows == 0 || w.len() >= (rows - 1) * stride + cols,
+        "weighted_rows matrix length"
+    );
+    let full = cols / 8 * 8;
+    for c in (0..full).step_by(8) {
+        let mut s: [__m256; N] =
+            std::array::from_fn(|t| _mm256_loadu_ps(acc.as_ptr().add(t * cols + c)));
+        for j in 0..rows {
+            // SAFETY: j < rows and c + 8 <= cols, inside `w` (asserted above) and `p`.
+            let r = _mm256_loadu_ps(w.as_ptr().add(j * stride + c));
+            let pj = p.as_ptr().add(j * N);
+            for t in 0..N {
+                s[t] = _mm256_fmadd_ps(_mm256_set1_ps(*pj.add(t)), r, s[t]);
+            }
+        }
+        for t in 0..N {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(t * cols + c), s[t]);
+        }
+    }
+    for c in full..cols {
+        for t in 0..N {
+            for j in 0..rows {
+                acc[t * cols + c] += p[j * N + t] * w[j * stride + c];
+            }
+        }
+    }
+}
+
 /// `y += a · x`, eight lanes at a time with FMA (attention's weighted sums of value rows).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {

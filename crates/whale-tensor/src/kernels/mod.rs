@@ -147,6 +147,26 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     d
 }
 
+/// `acc[t][c] += Σ_j p[j][t] · w[j][c]` for `N` sums of `acc.len() / N` columns, `p` holding
+/// `N` weights per row (`rows × N`) and row `j` of `w` starting at `j · stride`.
+#[inline]
+pub fn weighted_rows<const N: usize>(
+    isa: Isa,
+    acc: &mut [f32],
+    p: &[f32],
+    w: &[f32],
+    stride: usize,
+) {
+    match isa.0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
+        IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe {
+            avx2::weighted_rows::<N>(acc, p, w, stride)
+        },
+        _ => scalar::weighted_rows::<N>(acc, p, w, stride),
+    }
+}
+
 /// `y += a · x` with the detected instruction set (what [`crate::ops::axpy`] calls).
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {

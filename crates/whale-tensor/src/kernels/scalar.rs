@@ -31,6 +31,17 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// `acc[t][c] += Σ_j p[j][t] · w[j][c]` (`p`: `rows × N`, row `j` of `w` at `j · stride`).
+pub fn weighted_rows<const N: usize>(acc: &mut [f32], p: &[f32], w: &[f32], stride: usize) {
+    let cols = acc.len() / N;
+    for (j, pj) in p.chunks_exact(N).enumerate() {
+        let row = &w[j * stride..][..cols];
+        for (t, &pt) in pj.iter().enumerate() {
+            axpy(&mut acc[t * cols..(t + 1) * cols], pt, row);
+        }
+    }
+}
+
 /// `y += a · x` (separate multiply and add, as written).
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {

@@ -366,3 +366,42 @@ fn axpy_matches_scalar() {
         }
     }
 }
+
+/// The register-tiled weighted row sums on every instruction set against the scalar loop, for
+/// every tile height 1–8 and column counts around the 8-lane strips.
+#[test]
+fn weighted_rows_match_scalar() {
+    fn check<const N: usize>() {
+        for (rows, cols, stride) in [(1, 1, 1), (5, 8, 8), (64, 13, 20), (33, 512, 576)] {
+            let p = values(rows * N, 13);
+            let w = values(rows * stride, 14);
+            let start = values(N * cols, 15);
+            let mut want = start.clone();
+            weighted_rows::<N>(Isa::SCALAR, &mut want, &p, &w, stride);
+            for isa in Isa::available() {
+                let mut got = start.clone();
+                weighted_rows::<N>(isa, &mut got, &p, &w, stride);
+                for (i, (&g, &v)) in got.iter().zip(&want).enumerate() {
+                    let (t, c) = (i / cols, i % cols);
+                    let scale: f32 = start[i].abs()
+                        + (0..rows)
+                            .map(|j| (p[j * N + t] * w[j * stride + c]).abs())
+                            .sum::<f32>();
+                    let what = format!(
+                        "weighted_rows N={N} {} rows={rows} cols={cols} i={i}",
+                        isa.name()
+                    );
+                    assert_close(g, v, scale, FLOAT_DOT_REL, &what);
+                }
+            }
+        }
+    }
+    check::<1>();
+    check::<2>();
+    check::<3>();
+    check::<4>();
+    check::<5>();
+    check::<6>();
+    check::<7>();
+    check::<8>();
+}

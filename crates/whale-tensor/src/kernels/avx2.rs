@@ -179,12 +179,12 @@ pub unsafe fn weighted_rows<const N: usize>(acc: &mut [f32], p: &[f32], w: &[f32
             // SAFETY: j < rows and c + 8 <= cols, inside `w` (asserted above) and `p`.
             let r = _mm256_loadu_ps(w.as_ptr().add(j * stride + c));
             let pj = p.as_ptr().add(j * N);
-            for t in 0..N {
-                s[t] = _mm256_fmadd_ps(_mm256_set1_ps(*pj.add(t)), r, s[t]);
+            for (t, st) in s.iter_mut().enumerate() {
+                *st = _mm256_fmadd_ps(_mm256_set1_ps(*pj.add(t)), r, *st);
             }
         }
-        for t in 0..N {
-            _mm256_storeu_ps(acc.as_mut_ptr().add(t * cols + c), s[t]);
+        for (t, st) in s.iter().enumerate() {
+            _mm256_storeu_ps(acc.as_mut_ptr().add(t * cols + c), *st);
         }
     }
     for c in full..cols {

@@ -624,20 +624,40 @@ impl Model {
                 assigned[expert].push((s, weight));
             }
         }
+        // The active experts and the shared ones run side by side (each matmul still splits
+        // its rows): in decode every expert is small, and one parallel region per layer
+        // instead of one per projection saves most of the threads' synchronisation.
+        let active: Vec<(usize, &[(usize, f32)])> = assigned
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(e, v)| (e, v.as_slice()))
+            .collect();
+        let (outs, shared) = rayon::join(
+            || {
+                active
+                    .par_iter()
+                    .map(|&(expert, tokens)| {
+                        let xs: Vec<f32> = tokens
+                            .iter()
+                            .flat_map(|&(s, _)| &x[s * d..(s + 1) * d])
+                            .copied()
+                            .collect();
+                        m.experts[expert].forward(&xs, tokens.len())
+                    })
+                    .collect::<Vec<_>>()
+            },
+            || m.shared.as_ref().map(|shared| shared.forward(x, t)),
+        );
+        // Summed in expert order, then the shared experts, whatever order they ran in.
         let mut y = vec![0.0f32; t * d];
-        for (expert, tokens) in assigned.iter().enumerate().filter(|(_, v)| !v.is_empty()) {
-            let xs: Vec<f32> = tokens
-                .iter()
-                .flat_map(|&(s, _)| &x[s * d..(s + 1) * d])
-                .copied()
-                .collect();
-            let out = m.experts[expert].forward(&xs, tokens.len());
+        for (&(_, tokens), out) in active.iter().zip(&outs) {
             for (&(s, weight), o) in tokens.iter().zip(out.chunks_exact(d)) {
                 axpy(&mut y[s * d..(s + 1) * d], weight, o);
             }
         }
-        if let Some(shared) = &m.shared {
-            axpy(&mut y, 1.0, &shared.forward(x, t));
+        if let Some(shared) = shared {
+            axpy(&mut y, 1.0, &shared);
         }
         y
     }

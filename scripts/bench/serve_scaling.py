@@ -37,7 +37,7 @@ class Server:
     def __init__(self, a, cache_dir=None):
         self.port = free_port()
         cmd = [str(ROOT / "target/release/whale"), "serve", "--model", a.model, "--threads", str(a.threads),
-               "--port", str(self.port), "--max-seqs", "16", "--ctx", "4096"]
+               "--port", str(self.port), "--max-seqs", "16", "--ctx", str(a.ctx)]
         if a.quant:
             cmd += ["--quant", a.quant]
         if cache_dir:
@@ -106,6 +106,7 @@ def main():
     ap.add_argument("--streams", default="1,2,4,8,16")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--ttft-prompt", type=int, default=2000, help="words in the repeated prompt; 0 = skip")
+    ap.add_argument("--ctx", type=int, default=4096)
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-p", "whale-cli"], cwd=ROOT, check=True)
     server = Server(a)
@@ -121,8 +122,9 @@ def main():
     print("| vs 1 stream | " + " | ".join(f"{r / one:.2f}×" for r in rates.values()) + " |")
     if a.ttft_prompt:
         cache = tempfile.mkdtemp(prefix="whale-serve-cache-")
-        # ~1 token per word on a byte-level BPE: the prompt is a fixed pseudo-random word list.
-        words = [f"w{(i * 2654435761) % 9973}" for i in range(a.ttft_prompt)]
+        # Common English words, about one token each: a fixed pseudo-random sequence.
+        common = "the and of to a in that he was it his for with as had you not be her on".split()
+        words = [common[(i * 2654435761) % 9973 % len(common)] for i in range(a.ttft_prompt)]
         prompt = " ".join(words)
         try:
             server = Server(a, cache)

@@ -17,7 +17,9 @@
 //! A file is trusted only if every field matches this server's model and the checksum
 //! and the key recomputed from the ids agree; anything else is skipped with a warning.
 //! Writes go through a background thread (temporary file, then rename) so the engine
-//! never waits on the disk.
+//! never waits on the disk. The folder is kept under `--cache-disk` bytes: when a write
+//! goes over, the least recently used files (by modification time, which a load refreshes)
+//! are deleted down to 90% of the limit.
 
 use std::fs;
 use std::io::Read;
@@ -59,6 +61,7 @@ impl DiskCache {
     pub fn open(
         root: &Path,
         shape: Shape,
+        max_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Result<DiskCache, ServerError> {
         let dir = root.join(format!("{:016x}", shape.fingerprint));
@@ -72,9 +75,16 @@ impl DiskCache {
         let thread = std::thread::Builder::new()
             .name("whale-cache-writer".into())
             .spawn(move || {
+                let mut used = folder_bytes(&writer_dir);
                 for block in rx {
                     match write_block(&writer_dir, &block, shape) {
-                        Ok(()) => writer_metrics.disk_written(),
+                        Ok(bytes) => {
+                            writer_metrics.disk_written();
+                            used += bytes;
+                            if used > max_bytes {
+                                used = evict_oldest(&writer_dir, max_bytes / 10 * 9);
+                            }
+                        }
                         Err(e) => tracing::warn!(
                             "prefix cache: cannot write block {:016x}: {e}",
                             block.key
@@ -137,6 +147,11 @@ impl DiskCache {
         }
         match decode(&bytes, self.shape, key) {
             Ok(block) => {
+                // Recently used: eviction goes by modification time.
+                let _ = fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 self.metrics.disk_loaded();
                 Some(block)
             }
@@ -162,13 +177,56 @@ impl Drop for DiskCache {
     }
 }
 
-fn write_block(dir: &Path, block: &Block, shape: Shape) -> std::io::Result<()> {
+/// Writes a block's file; returns its size.
+fn write_block(dir: &Path, block: &Block, shape: Shape) -> std::io::Result<u64> {
     let path = dir.join(format!("{:016x}.wkv", block.key));
     // Another process (or an earlier run) may write the same key: the rename makes
     // whichever finishes last win, and both are complete files.
     let tmp = dir.join(format!("{:016x}.wkv.tmp{}", block.key, std::process::id()));
-    fs::write(&tmp, encode(block, shape))?;
-    fs::rename(&tmp, &path)
+    let bytes = encode(block, shape);
+    fs::write(&tmp, &bytes)?;
+    fs::rename(&tmp, &path)?;
+    Ok(bytes.len() as u64)
+}
+
+/// The block files of `dir` with their sizes and modification times.
+fn block_files(dir: &Path) -> Vec<(std::time::SystemTime, u64, PathBuf)> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let path = e.path();
+            if path.extension()? != "wkv" {
+                return None;
+            }
+            let meta = e.metadata().ok()?;
+            Some((meta.modified().ok()?, meta.len(), path))
+        })
+        .collect()
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    block_files(dir).iter().map(|f| f.1).sum()
+}
+
+/// Deletes the least recently used block files until at most `target` bytes remain; returns
+/// the bytes left.
+fn evict_oldest(dir: &Path, target: u64) -> u64 {
+    let mut files = block_files(dir);
+    files.sort();
+    let mut used: u64 = files.iter().map(|f| f.1).sum();
+    for (_, len, path) in files {
+        if used <= target {
+            break;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => used -= len,
+            Err(e) => tracing::warn!("prefix cache: cannot remove {}: {e}", path.display()),
+        }
+    }
+    used
 }
 
 /// The file bytes of a block.
@@ -352,6 +410,44 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// Blocks with other ids (and so other keys) than `block()`.
+    fn block_n(n: u32) -> Block {
+        let ids: Vec<u32> = (0..BLOCK_TOKENS as u32).map(|i| i + 1000 * n).collect();
+        Block {
+            key: block_key(ROOT, &ids),
+            ids,
+            ..block()
+        }
+    }
+
+    #[test]
+    fn folder_stays_under_the_limit_keeping_the_newest() {
+        let root = std::env::temp_dir().join(format!("whale-disk-limit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let size = encode(&block_n(0), shape()).len() as u64;
+        // Room for three files; six written one after another.
+        let cache = DiskCache::open(&root, shape(), 3 * size + size / 2, Arc::default()).unwrap();
+        let dir = cache.dir().to_path_buf();
+        for n in 0..6 {
+            assert!(cache.store_blocking(Arc::new(block_n(n))));
+            // Distinct modification times even on coarse-grained file systems.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        cache.close();
+        let left = block_files(&dir);
+        assert!(
+            folder_bytes(&dir) <= 3 * size + size / 2,
+            "{} files left",
+            left.len()
+        );
+        assert!(!left.is_empty());
+        let newest = dir.join(format!("{:016x}.wkv", block_n(5).key));
+        assert!(newest.exists(), "the newest block was evicted");
+        let oldest = dir.join(format!("{:016x}.wkv", block_n(0).key));
+        assert!(!oldest.exists(), "the oldest block was kept");
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub cache_dir: Option<PathBuf>,
     /// Bytes of prefix-cache blocks kept in memory.
     pub cache_mem: usize,
+    /// Most bytes the prefix cache may keep on disk (least recently used files go first).
+    pub cache_disk: u64,
 }
 
 impl Default for ServeOptions {
@@ -56,6 +58,7 @@ impl Default for ServeOptions {
             prefill_chunk: 256,
             cache_dir: None,
             cache_mem: 1 << 30,
+            cache_disk: 8 << 30,
         }
     }
 }
@@ -101,7 +104,7 @@ impl Server {
                     num_layers,
                     latent_dim,
                 };
-                let disk = DiskCache::open(root, shape, metrics.clone())?;
+                let disk = DiskCache::open(root, shape, opts.cache_disk, metrics.clone())?;
                 tracing::info!("prefix cache on disk: {}", disk.dir().display());
                 Some(disk)
             }

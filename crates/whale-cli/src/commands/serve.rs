@@ -27,6 +27,9 @@ pub struct Args {
     /// Memory for the prefix cache, e.g. 512M or 4GiB.
     #[arg(long, default_value = "1GiB", value_parser = whale_server::parse_bytes)]
     cache_mem: usize,
+    /// Most disk space for `--cache-dir`, e.g. 20GiB; least recently used blocks go first.
+    #[arg(long, default_value = "8GiB", value_parser = whale_server::parse_bytes)]
+    cache_disk: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -40,6 +43,7 @@ pub fn run(args: Args) -> Result<()> {
         max_seqs: args.max_seqs,
         cache_dir: args.cache_dir,
         cache_mem: args.cache_mem,
+        cache_disk: args.cache_disk as u64,
         ..Default::default()
     };
     whale_server::run(model, &dir, opts).with_context(|| format!("serving {}", dir.display()))

@@ -103,6 +103,22 @@ impl GgufFile {
         self.keys.get(key).map(|&i| &self.metadata[i].1)
     }
 
+    /// `key` converted by `as_type`: `Ok(None)` when absent, and when present with another
+    /// type `Err("expected {what}, got {value}")` for the caller to report under the key.
+    pub fn get_as<'a, T>(
+        &'a self,
+        key: &str,
+        what: &str,
+        as_type: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => as_type(v)
+                .map(Some)
+                .ok_or_else(|| format!("expected {what}, got {v}")),
+        }
+    }
+
     /// Tensor infos in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors

@@ -427,48 +427,35 @@ impl Meta<'_> {
             .ok_or_else(|| self.err(&Self::key(short), "missing"))
     }
 
+    /// `key` through [`GgufFile::get_as`], its error reported under the key.
+    fn typed<'a, T>(
+        &'a self,
+        key: &str,
+        what: &str,
+        as_type: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>> {
+        self.file
+            .get_as(key, what, as_type)
+            .map_err(|message| self.err(key, message))
+    }
+
     fn opt_f64(&self, short: &str) -> Result<Option<f64>> {
-        let key = Self::key(short);
-        match self.file.get(&key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(&key, format!("expected a number, got {v}"))),
-        }
+        self.typed(&Self::key(short), "a number", Value::as_f64)
     }
 
     fn opt_bool(&self, short: &str) -> Result<Option<bool>> {
-        let key = Self::key(short);
-        match self.file.get(&key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(&key, format!("expected true or false, got {v}"))),
-        }
+        self.typed(&Self::key(short), "true or false", Value::as_bool)
     }
 
     fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        match self.file.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
-        }
+        self.typed(key, "a string", Value::as_str)
     }
 
     /// A token id from `tokenizer.ggml.*`.
     fn token_id(&self, key: &str) -> Result<Option<u32>> {
-        match self.file.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected a token id, got {v}"))),
-        }
+        self.typed(key, "a token id", |v| {
+            v.as_u64().and_then(|x| u32::try_from(x).ok())
+        })
     }
 }
 

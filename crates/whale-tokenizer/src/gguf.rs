@@ -95,34 +95,28 @@ impl Meta<'_> {
         }
     }
 
+    /// `key` through [`GgufFile::get_as`], its error reported under the key.
+    fn typed<'a, T>(
+        &'a self,
+        key: &str,
+        what: &str,
+        as_type: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, TokenizerError> {
+        self.file
+            .get_as(key, what, as_type)
+            .map_err(|message| self.err(key, message))
+    }
+
     fn str(&self, key: &str) -> Result<Option<&str>, TokenizerError> {
-        match self.file.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
-        }
+        self.typed(key, "a string", Value::as_str)
     }
 
     fn bool(&self, key: &str) -> Result<Option<bool>, TokenizerError> {
-        match self.file.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
-        }
+        self.typed(key, "true or false", Value::as_bool)
     }
 
     fn array(&self, key: &str) -> Result<Option<&[Value]>, TokenizerError> {
-        match self.file.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("expected an array, got {v}"))),
-        }
+        self.typed(key, "an array", Value::as_array)
     }
 
     fn strings(&self, key: &str) -> Result<Option<Vec<&str>>, TokenizerError> {

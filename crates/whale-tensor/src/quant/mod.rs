@@ -171,6 +171,19 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
     (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
+/// The element of largest magnitude, with its sign (the first of equal magnitudes), as ggml's
+/// Q4_0/Q5_0 reference quantizers pick it.
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
+}
+
 /// Quantizes a row-major `[rows, cols]` matrix row by row (rows in parallel).
 pub(crate) fn quantize_matrix<B: GgmlType>(values: &[f32], cols: usize) -> Vec<B> {
     use rayon::prelude::*;

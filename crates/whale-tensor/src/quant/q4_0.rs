@@ -21,14 +21,7 @@ impl BlockQ4_0 {
     /// `quantize_row_q4_0_ref`: the largest-magnitude element maps exactly to nibble 0 (−8), the
     /// rest to `trunc(x / d + 8.5)` clamped to 15.
     fn quantize_block(x: &[f32]) -> Self {
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in x {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let d = max / -8.0;
+        let d = super::signed_absmax(x) / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let nibble = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
         let mut qs = [0u8; 16];

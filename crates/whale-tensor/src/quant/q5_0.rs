@@ -37,14 +37,7 @@ impl BlockQ5_0 {
     /// `quantize_row_q5_0_ref`: the largest-magnitude element maps exactly to level 0 (−16),
     /// the rest to `trunc(x / d + 16.5)` clamped to 31.
     fn quantize_block(x: &[f32]) -> Self {
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in x {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        let d = max / -16.0;
+        let d = super::signed_absmax(x) / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let level = |v: f32| ((v * id + 16.5) as i8).min(31) as u8;
         let (mut qs, mut qh) = ([0u8; 16], 0u32);

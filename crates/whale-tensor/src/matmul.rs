@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::{self, Isa, VecDot};
-use crate::quant::{ActBlock, BlockQ8_0x8, GgmlType, Interleaved, ROWS};
+use crate::quant::{Act, ActBlock, GgmlType, Interleaved, ROWS};
 use crate::threads;
 use crate::weight::{Weight, WeightData};
 
@@ -61,6 +61,9 @@ pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: u
         WeightData::Q6K(v) => quantized(isa, shape, v, x, out),
         WeightData::Q8_0x16(v) => interleaved(isa, shape, v, x, out),
         WeightData::Q4_0x16(v) => interleaved(isa, shape, v, x, out),
+        WeightData::Q5_0x16(v) => interleaved(isa, shape, v, x, out),
+        WeightData::Q4Kx16(v) => interleaved(isa, shape, v, x, out),
+        WeightData::Q6Kx16(v) => interleaved(isa, shape, v, x, out),
     }
 }
 
@@ -219,9 +222,9 @@ const TILE_X16: usize = 8;
 /// Sixteen-row groups of interleaved blocks against every token, `TILE_X16` tokens at a time;
 /// the group (16 rows × cols) stays in L1/L2 while the tiles pass over it.
 fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut [f32]) {
-    let acts = quantize_acts::<BlockQ8_0x8>(isa, s, x);
+    let acts = quantize_acts::<Act<B>>(isa, s, x);
     let a_len = acts.len() / s.n_tokens;
-    let per_row = s.cols / 32;
+    let per_row = s.cols / B::Plain::BLOCK;
     let groups = s.rows / ROWS;
     let out = SharedOut::new(out);
     let groups_per_task = s.rows_per_task().div_ceil(ROWS);
@@ -486,50 +489,56 @@ mod tests {
         }
     }
 
-    /// Interleaved Q8_0/Q4_0 (every tile width 1–8, remainders, one task and many) give the
-    /// row-major weight's results on every instruction set.
+    /// Interleaved block formats (every tile width 1–8, remainders, one task and many) give
+    /// the row-major weight's results on every instruction set.
     #[test]
     fn interleaved_matmul_equals_row_major() {
-        let vnni = Isa::available()
-            .into_iter()
-            .find(|i| i.name() == "avx512vnni");
+        let q5_0 = |rows: usize, cols: usize, wf: &[f32]| {
+            let mut v = vec![crate::quant::BlockQ5_0::default(); rows * cols / 32];
+            crate::quant::BlockQ5_0::quantize(wf, &mut v);
+            Weight::new(rows, cols, WeightData::Q5_0(v))
+        };
         for &(t, rows, cols) in &[
-            (1, 16, 32),
-            (3, 48, 96),
+            (1, 16, 256),
+            (3, 48, 512),
             (8, 32, 256),
-            (13, 160, 800),
+            (13, 160, 768),
             (1, 1024, 512),
         ] {
             let wf = values(rows * cols, 8);
             let x = values(t * cols, 9);
-            for q in [QuantType::Q8_0, QuantType::Q4_0] {
-                let plain = Weight::from_f32(rows, cols, wf.clone())
+            let plains = [
+                QuantType::Q8_0,
+                QuantType::Q4_0,
+                QuantType::Q4K,
+                QuantType::Q6K,
+            ]
+            .map(|q| {
+                Weight::from_f32(rows, cols, wf.clone())
                     .quantize(q)
-                    .unwrap();
+                    .unwrap()
+            });
+            for plain in plains.into_iter().chain([q5_0(rows, cols, &wf)]) {
+                let q = plain.storage_name();
                 let mut want = vec![f32::NAN; t * rows];
                 matmul_with(Isa::SCALAR, &mut want, &x, &plain, t);
-                let x16 = match vnni {
-                    Some(isa) => plain.clone().for_isa(isa),
-                    None => {
-                        let per_row = cols / 32;
-                        let data = match &plain.data {
-                            WeightData::Q8_0(v) => {
-                                WeightData::Q8_0x16(crate::quant::pack_matrix(v, per_row))
-                            }
-                            WeightData::Q4_0(v) => {
-                                WeightData::Q4_0x16(crate::quant::pack_matrix(v, per_row))
-                            }
-                            _ => unreachable!(),
-                        };
-                        Weight::new(rows, cols, data)
-                    }
-                };
+                let x16 = plain.clone().interleaved();
                 assert!(matches!(
                     x16.data,
-                    WeightData::Q8_0x16(_) | WeightData::Q4_0x16(_)
+                    WeightData::Q8_0x16(_)
+                        | WeightData::Q4_0x16(_)
+                        | WeightData::Q5_0x16(_)
+                        | WeightData::Q4Kx16(_)
+                        | WeightData::Q6Kx16(_)
                 ));
                 assert_eq!(x16.to_f32(), plain.to_f32());
-                assert_eq!(x16.storage_bytes(), plain.storage_bytes());
+                // Only Q4_K grows: its 6-bit scales and mins unpacked, 4 bytes per block.
+                let grown = if q == "q4_k" {
+                    rows * cols / 256 * 4
+                } else {
+                    0
+                };
+                assert_eq!(x16.storage_bytes(), plain.storage_bytes() + grown, "{q}");
                 let want64: Vec<f64> = want.iter().map(|&v| v as f64).collect();
                 for isa in Isa::available() {
                     let mut got = vec![f32::NAN; t * rows];

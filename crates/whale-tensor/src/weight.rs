@@ -13,8 +13,8 @@ use crate::dtype::FP8_E4M3_LUT;
 use crate::error::TensorError;
 use crate::kernels::{Isa, IsaKind};
 use crate::quant::{
-    self, ggml_type, BlockQ4K, BlockQ4_0, BlockQ4_0x16, BlockQ5_0, BlockQ6K, BlockQ8_0,
-    BlockQ8_0x16, GgmlType, Interleaved, QuantType,
+    self, ggml_type, BlockQ4K, BlockQ4Kx16, BlockQ4_0, BlockQ4_0x16, BlockQ5_0, BlockQ5_0x16,
+    BlockQ6K, BlockQ6Kx16, BlockQ8_0, BlockQ8_0x16, GgmlType, Interleaved, QuantType,
 };
 
 pub use crate::matmul::matmul;
@@ -39,10 +39,13 @@ pub enum WeightData {
     Q5_0(Vec<BlockQ5_0>),
     Q4K(Vec<BlockQ4K>),
     Q6K(Vec<BlockQ6K>),
-    /// Q8_0 / Q4_0 with sixteen rows interleaved per block ([`crate::quant::x16`]), as the
-    /// AVX-512 VNNI kernels read them; made by [`Weight::for_isa`], same values and bytes.
+    /// The block formats with sixteen rows interleaved per block ([`crate::quant::x16`]), as
+    /// the AVX-512 VNNI kernels read them; made by [`Weight::for_isa`], same values.
     Q8_0x16(Vec<BlockQ8_0x16>),
     Q4_0x16(Vec<BlockQ4_0x16>),
+    Q5_0x16(Vec<BlockQ5_0x16>),
+    Q4Kx16(Vec<BlockQ4Kx16>),
+    Q6Kx16(Vec<BlockQ6Kx16>),
 }
 
 /// A `[rows, cols]` matrix in its storage dtype.
@@ -63,8 +66,9 @@ impl Weight {
         }
         fn blocks16<B: Interleaved>(v: &[B], rows: usize, cols: usize) -> usize {
             assert_eq!(rows % quant::ROWS, 0, "interleaved rows come in sixteens");
-            assert_eq!(cols % 32, 0, "interleaved rows must be whole blocks");
-            v.len() * 32 * quant::ROWS
+            let block = B::Plain::BLOCK;
+            assert_eq!(cols % block, 0, "interleaved rows must be whole blocks");
+            v.len() * block * quant::ROWS
         }
         let len = match &data {
             WeightData::F32(v) => v.len(),
@@ -86,6 +90,9 @@ impl Weight {
             WeightData::Q6K(v) => blocks(v, cols),
             WeightData::Q8_0x16(v) => blocks16(v, rows, cols),
             WeightData::Q4_0x16(v) => blocks16(v, rows, cols),
+            WeightData::Q5_0x16(v) => blocks16(v, rows, cols),
+            WeightData::Q4Kx16(v) => blocks16(v, rows, cols),
+            WeightData::Q6Kx16(v) => blocks16(v, rows, cols),
         };
         assert_eq!(len, rows * cols, "weight element count");
         Weight { rows, cols, data }
@@ -257,6 +264,9 @@ impl Weight {
             WeightData::Q6K(_) => BlockQ6K::NAME,
             WeightData::Q8_0x16(_) => BlockQ8_0::NAME,
             WeightData::Q4_0x16(_) => BlockQ4_0::NAME,
+            WeightData::Q5_0x16(_) => BlockQ5_0::NAME,
+            WeightData::Q4Kx16(_) => BlockQ4K::NAME,
+            WeightData::Q6Kx16(_) => BlockQ6K::NAME,
         }
     }
 
@@ -274,6 +284,9 @@ impl Weight {
             WeightData::Q6K(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q8_0x16(v) => std::mem::size_of_val(v.as_slice()),
             WeightData::Q4_0x16(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q5_0x16(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q4Kx16(v) => std::mem::size_of_val(v.as_slice()),
+            WeightData::Q6Kx16(v) => std::mem::size_of_val(v.as_slice()),
         }
     }
 
@@ -302,7 +315,7 @@ impl Weight {
             B::dequantize(&v[r * per_row..(r + 1) * per_row], out);
         }
         fn row16<B: Interleaved>(v: &[B], r: usize, cols: usize, out: &mut [f32]) {
-            B::Plain::dequantize(&quant::unpack_row(v, cols / 32, r), out);
+            B::Plain::dequantize(&quant::unpack_row(v, cols / B::Plain::BLOCK, r), out);
         }
         match &self.data {
             WeightData::F32(v) => out.copy_from_slice(&v[span]),
@@ -325,23 +338,41 @@ impl Weight {
             WeightData::Q6K(v) => row(v, r, self.cols, out),
             WeightData::Q8_0x16(v) => row16(v, r, self.cols, out),
             WeightData::Q4_0x16(v) => row16(v, r, self.cols, out),
+            WeightData::Q5_0x16(v) => row16(v, r, self.cols, out),
+            WeightData::Q4Kx16(v) => row16(v, r, self.cols, out),
+            WeightData::Q6Kx16(v) => row16(v, r, self.cols, out),
         }
     }
 
-    /// The same weight in the layout `isa`'s fastest kernels read: with AVX-512 VNNI, Q8_0 and
-    /// Q4_0 matrices whose row count is a multiple of 16 get their rows interleaved (a lossless
+    /// The same weight in the layout `isa`'s fastest kernels read: with AVX-512 VNNI, block
+    /// matrices whose row count is a multiple of 16 get their rows interleaved (a lossless
     /// repack, done once at load, in parallel); everything else is returned as it is.
     pub fn for_isa(self, isa: Isa) -> Weight {
-        if isa.0 != IsaKind::Avx512Vnni || !self.rows.is_multiple_of(quant::ROWS) {
+        if isa.0 != IsaKind::Avx512Vnni {
             return self;
         }
-        let per_row = self.cols / 32;
+        self.interleaved()
+    }
+
+    /// Block formats with a multiple of 16 rows in their interleaved layout, whatever the CPU
+    /// (tests run the interleaved reference path everywhere); other weights unchanged.
+    pub(crate) fn interleaved(self) -> Weight {
+        fn pack<B: Interleaved>(v: &[B::Plain], cols: usize) -> Vec<B> {
+            quant::pack_matrix(v, cols / B::Plain::BLOCK)
+        }
+        if !self.rows.is_multiple_of(quant::ROWS) {
+            return self;
+        }
+        let cols = self.cols;
         let data = match &self.data {
-            WeightData::Q8_0(v) => WeightData::Q8_0x16(quant::pack_matrix(v, per_row)),
-            WeightData::Q4_0(v) => WeightData::Q4_0x16(quant::pack_matrix(v, per_row)),
+            WeightData::Q8_0(v) => WeightData::Q8_0x16(pack(v, cols)),
+            WeightData::Q4_0(v) => WeightData::Q4_0x16(pack(v, cols)),
+            WeightData::Q5_0(v) => WeightData::Q5_0x16(pack(v, cols)),
+            WeightData::Q4K(v) => WeightData::Q4Kx16(pack(v, cols)),
+            WeightData::Q6K(v) => WeightData::Q6Kx16(pack(v, cols)),
             _ => return self,
         };
-        Weight::new(self.rows, self.cols, data)
+        Weight::new(self.rows, cols, data)
     }
 
     /// The whole matrix as `f32`, row-major.

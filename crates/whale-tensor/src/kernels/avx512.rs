@@ -1,22 +1,26 @@
-//! AVX-512 VNNI kernels for weights interleaved sixteen rows to a block ([`crate::quant::x16`]).
+//! AVX-512 VNNI kernels for weights interleaved sixteen rows to a block ([`crate::quant::x16`],
+//! [`crate::quant::x16_k`] for the K-quants).
 //! Each is an `unsafe fn` compiled with AVX-512 F/BW/VNNI (and AVX2/FMA/F16C); callers go
 //! through [`super::Isa`], which holds `Avx512Vnni` only when the CPU reported all of them.
 //!
-//! Per block column and token: eight `vpdpbusd`, each multiplying one 64-byte line of weights
+//! Per Q8_0/Q4_0/Q5_0 block column and token: eight `vpdpbusd`, each multiplying one 64-byte line of weights
 //! (four levels of sixteen rows) by four activation bytes broadcast to every lane, accumulate
 //! the sixteen rows' integer dot products lane by lane; the stored offset is removed by starting
 //! the sum at `−OFFSET · Σ a`; one convert and one FMA apply the sixteen `d_w · d_a`. Up to
-//! eight tokens share each unpacked weight block (31 of the 32 registers hold the tile).
+//! eight tokens share each unpacked weight block (31 of the 32 registers hold the tile). The
+//! K-quant kernels do the same per sub-block and apply its integer scales lane-wise.
 
 use std::arch::x86_64::*;
 
-use crate::quant::{BlockQ4_0x16, BlockQ8_0x16, BlockQ8_0x8, Interleaved, ROWS};
+use crate::quant::{
+    BlockQ4Kx16, BlockQ4_0x16, BlockQ5_0x16, BlockQ6Kx16, BlockQ8K, BlockQ8_0x16, BlockQ8_0x8, ROWS,
+};
 
 /// Q8_0 activation blocks per group.
 const GROUP: usize = 8;
 
 macro_rules! x16_dot {
-    ($name:ident, $wt:ty, lines: $lines:expr $(,)?) => {
+    ($name:ident, $wt:ty, offset: $offset:expr, lines: $lines:expr $(,)?) => {
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
         pub unsafe fn $name<const N: usize>(w: &[$wt], a: [&[BlockQ8_0x8]; N]) -> [[f32; ROWS]; N] {
             let lines = $lines;
@@ -25,6 +29,7 @@ macro_rules! x16_dot {
             }
             let mut acc = [_mm512_setzero_ps(); N];
             for (b, wb) in w.iter().enumerate() {
+                prefetch_ahead(w, b);
                 let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
                 let l: [__m512i; 8] = lines(wb);
                 let (g, i) = (b / GROUP, b % GROUP);
@@ -34,7 +39,7 @@ macro_rules! x16_dot {
                     let q = ag.qs[i].as_ptr().cast::<i32>();
                     let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
                     // Two chains halve the dependency latency when N is small.
-                    let mut p0 = _mm512_set1_epi32(-<$wt>::OFFSET * ag.sums[i]);
+                    let mut p0 = _mm512_set1_epi32(-$offset * ag.sums[i]);
                     let mut p1 = _mm512_setzero_si512();
                     for j in (0..8).step_by(2) {
                         p0 = _mm512_dpbusd_epi32(p0, l[j], y(j));
@@ -55,13 +60,13 @@ macro_rules! x16_dot {
 }
 
 // Eight lines of 64 bytes, stored as they are used.
-x16_dot!(dot_q8_0x16, BlockQ8_0x16, lines: |b: &BlockQ8_0x16| {
+x16_dot!(dot_q8_0x16, BlockQ8_0x16, offset: 128, lines: |b: &BlockQ8_0x16| {
     let p = b.qs.as_ptr();
     std::array::from_fn(|j| _mm512_loadu_si512(p.add(64 * j).cast()))
 });
 
 // Four lines of nibbles: the low ones are elements 0..16 (lines 0..4), the high ones 16..32.
-x16_dot!(dot_q4_0x16, BlockQ4_0x16, lines: |b: &BlockQ4_0x16| {
+x16_dot!(dot_q4_0x16, BlockQ4_0x16, offset: 8, lines: |b: &BlockQ4_0x16| {
     let p = b.qs.as_ptr();
     let mask = _mm512_set1_epi8(0x0F);
     let raw: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(p.add(64 * j).cast()));
@@ -73,3 +78,187 @@ x16_dot!(dot_q4_0x16, BlockQ4_0x16, lines: |b: &BlockQ4_0x16| {
         }
     })
 });
+
+// Q4_0's nibble lines with the fifth bits added from their byte masks.
+x16_dot!(dot_q5_0x16, BlockQ5_0x16, offset: 16, lines: |b: &BlockQ5_0x16| {
+    let p = b.qs.as_ptr();
+    let mask = _mm512_set1_epi8(0x0F);
+    let fifth = _mm512_set1_epi8(0x10);
+    let raw: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(p.add(64 * j).cast()));
+    std::array::from_fn(|j| {
+        let n = if j < 4 {
+            _mm512_and_si512(raw[j], mask)
+        } else {
+            _mm512_and_si512(_mm512_srli_epi16(raw[j - 4], 4), mask)
+        };
+        _mm512_mask_add_epi8(n, b.qh[j], n, fifth)
+    })
+});
+
+/// The activations' `bsums` added in pairs: one i16 sum per 32-value sub-block.
+#[inline(always)]
+fn sub_block_sums(a: &BlockQ8K) -> [i16; 8] {
+    std::array::from_fn(|j| a.bsums[2 * j] + a.bsums[2 * j + 1])
+}
+
+/// Per super-block and row, `d·d_a·Σ_j sc_j·(n_j · a_j) − dmin·d_a·Σ_j m_j·Σ a_j`: the
+/// sixteen rows' sub-block dot products from `vpdpbusd`, scaled lane-wise by their 6-bit scales
+/// (`vpmulld`), and the mins against the activation sums in pairs (`vpdpwssd`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q4_kx16<const N: usize>(
+    w: &[BlockQ4Kx16],
+    a: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    for row in &a {
+        assert_eq!(row.len(), w.len(), "activation row length");
+    }
+    let m4 = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (b, wb) in w.iter().enumerate() {
+        prefetch_ahead(w, b);
+        let mut sumi = [_mm512_setzero_si512(); N];
+        for c in 0..4 {
+            let p = wb.qs.as_ptr().add(512 * c);
+            let raw: [__m512i; 8] =
+                std::array::from_fn(|l| _mm512_loadu_si512(p.add(64 * l).cast()));
+            let lo = raw.map(|r| _mm512_and_si512(r, m4));
+            let hi = raw.map(|r| _mm512_and_si512(_mm512_srli_epi16(r, 4), m4));
+            let sc = wb.scales.as_ptr().add(32 * c);
+            let sc_lo = _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.cast()));
+            let sc_hi = _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.add(16).cast()));
+            for t in 0..N {
+                // SAFETY: b < a[t].len() (checked above); 64c + 64 ≤ 256.
+                let q = a[t].get_unchecked(b).qs.as_ptr().add(64 * c).cast::<i32>();
+                let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
+                let (mut p_lo, mut p_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for l in 0..8 {
+                    p_lo = _mm512_dpbusd_epi32(p_lo, lo[l], y(l));
+                    p_hi = _mm512_dpbusd_epi32(p_hi, hi[l], y(8 + l));
+                }
+                let s = _mm512_add_epi32(
+                    _mm512_mullo_epi32(p_lo, sc_lo),
+                    _mm512_mullo_epi32(p_hi, sc_hi),
+                );
+                sumi[t] = _mm512_add_epi32(sumi[t], s);
+            }
+        }
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
+        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(wb.dmin.as_ptr().cast()));
+        let mins: [__m512i; 4] = std::array::from_fn(|k| {
+            _mm512_cvtepu8_epi16(_mm256_loadu_si256(wb.mins.as_ptr().add(32 * k).cast()))
+        });
+        for t in 0..N {
+            // SAFETY: as above.
+            let ab = a[t].get_unchecked(b);
+            let s = sub_block_sums(ab);
+            let mut m = _mm512_setzero_si512();
+            for k in 0..4 {
+                let pair = (s[2 * k] as u16 as u32 | ((s[2 * k + 1] as u16 as u32) << 16)) as i32;
+                m = _mm512_dpwssd_epi32(m, mins[k], _mm512_set1_epi32(pair));
+            }
+            let da = _mm512_set1_ps(ab.d);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(dw, da), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(m), _mm512_mul_ps(dmin, da), acc[t]);
+        }
+    }
+    let mut out = [[0.0f32; ROWS]; N];
+    for t in 0..N {
+        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+    out
+}
+
+/// Per super-block and row, `d·d_a·Σ_g sc_g·(n_g · a_g − 32·Σ a_g)`: each 16-value
+/// sub-block's chain starts at the offset term (from `bsums`), takes four `vpdpbusd`, and is
+/// scaled lane-wise by its i8 scales.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub unsafe fn dot_q6_kx16<const N: usize>(
+    w: &[BlockQ6Kx16],
+    a: [&[BlockQ8K]; N],
+) -> [[f32; ROWS]; N] {
+    for row in &a {
+        assert_eq!(row.len(), w.len(), "activation row length");
+    }
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m30 = _mm512_set1_epi8(0x30);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (b, wb) in w.iter().enumerate() {
+        prefetch_ahead(w, b);
+        let mut sumi = [_mm512_setzero_si512(); N];
+        // Lines 4s..4s + 4 of each quarter: sub-blocks s, s + 4, s + 8, s + 12.
+        for s in 0..4 {
+            let load = |p: *const u8, line: usize| _mm512_loadu_si512(p.add(64 * line).cast());
+            let ql0: [__m512i; 4] = std::array::from_fn(|k| load(wb.ql.as_ptr(), 4 * s + k));
+            let ql1: [__m512i; 4] = std::array::from_fn(|k| load(wb.ql.as_ptr(), 16 + 4 * s + k));
+            let qh: [__m512i; 4] = std::array::from_fn(|k| load(wb.qh.as_ptr(), 4 * s + k));
+            let lines: [[__m512i; 4]; 4] = std::array::from_fn(|i| {
+                std::array::from_fn(|k| {
+                    let low = match i {
+                        0 => _mm512_and_si512(ql0[k], m4),
+                        1 => _mm512_and_si512(ql1[k], m4),
+                        2 => _mm512_and_si512(_mm512_srli_epi16(ql0[k], 4), m4),
+                        _ => _mm512_and_si512(_mm512_srli_epi16(ql1[k], 4), m4),
+                    };
+                    // Bits 2i, 2i + 1 of the high byte, moved to bits 4, 5.
+                    let high = match i {
+                        0 => _mm512_slli_epi16(qh[k], 4),
+                        1 => _mm512_slli_epi16(qh[k], 2),
+                        2 => qh[k],
+                        _ => _mm512_srli_epi16(qh[k], 2),
+                    };
+                    _mm512_or_si512(low, _mm512_and_si512(high, m30))
+                })
+            });
+            let sc: [__m512i; 4] = std::array::from_fn(|i| {
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    wb.scales.as_ptr().add(16 * (s + 4 * i)).cast(),
+                ))
+            });
+            for t in 0..N {
+                // SAFETY: b < a[t].len() (checked above); 16g + 16 ≤ 256.
+                let ab = a[t].get_unchecked(b);
+                for i in 0..4 {
+                    let g = s + 4 * i;
+                    let q = ab.qs.as_ptr().add(16 * g).cast::<i32>();
+                    let mut p = _mm512_set1_epi32(-32 * ab.bsums[g] as i32);
+                    for (k, &line) in lines[i].iter().enumerate() {
+                        p = _mm512_dpbusd_epi32(
+                            p,
+                            line,
+                            _mm512_set1_epi32(q.add(k).read_unaligned()),
+                        );
+                    }
+                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(p, sc[i]));
+                }
+            }
+        }
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
+        for t in 0..N {
+            // SAFETY: as above.
+            let da = _mm512_set1_ps(a[t].get_unchecked(b).d);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(dw, da), acc[t]);
+        }
+    }
+    let mut out = [[0.0f32; ROWS]; N];
+    for t in 0..N {
+        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+    out
+}
+
+/// Asks for the cache lines `DISTANCE` bytes past block `b` now (one block's worth), so that
+/// the kernels keep enough reads in flight to stream weights at DRAM speed in decode: the
+/// hardware prefetcher alone falls short on these layouts (measured: Q6_K's lm_head in
+/// decode was slower interleaved than row-major without this, and faster with it).
+#[inline(always)]
+fn prefetch_ahead<T>(w: &[T], b: usize) {
+    const DISTANCE: usize = 2048;
+    let size = std::mem::size_of::<T>();
+    let end = std::mem::size_of_val(w);
+    let start = b * size + DISTANCE;
+    let base = w.as_ptr().cast::<i8>();
+    for off in (start..(start + size).min(end)).step_by(64) {
+        // SAFETY: off < the slice's byte length; prefetching never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(off)) };
+    }
+}

@@ -32,7 +32,8 @@ pub(crate) enum IsaKind {
     /// x86-64 AVX2 + FMA + F16C (Haswell, Zen and later).
     Avx2,
     /// AVX2's features plus AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later):
-    /// the Q8_0/Q4_0 kernels on sixteen interleaved rows; every other kernel is AVX2's.
+    /// the block-quantized kernels (Q8_0, Q4_0, Q5_0, Q4_K, Q6_K) on sixteen interleaved rows;
+    /// the float kernels are AVX2's.
     Avx512Vnni,
 }
 

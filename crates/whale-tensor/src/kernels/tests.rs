@@ -290,9 +290,9 @@ fn avx2_f16_scale_conversion_is_exact() {
 /// unpack-and-dot reference) against ggml's row-major scalar kernel, row by row, for every tile
 /// width 1–8 and block counts that leave partial activation groups.
 fn check_x16<B: crate::quant::Interleaved>() {
-    use crate::quant::{pack_matrix, unpack_row, ROWS};
+    use crate::quant::{pack_matrix, unpack_row, Act, ROWS};
     for blocks in [1, 2, 7, 8, 9, 31, 64] {
-        let n = blocks * 32;
+        let n = blocks * B::Plain::BLOCK;
         let plain = quantize::<B::Plain>(&values(ROWS * n, 7));
         let packed = pack_matrix::<B>(&plain, blocks);
         for r in 0..ROWS {
@@ -300,7 +300,7 @@ fn check_x16<B: crate::quant::Interleaved>() {
             let (got, want) = (&row[..], &plain[r * blocks..(r + 1) * blocks]);
             assert!(crate::quant::blocks_as_bytes(got) == crate::quant::blocks_as_bytes(want));
         }
-        let acts: Vec<Vec<BlockQ8_0x8>> = (0..8)
+        let acts: Vec<Vec<Act<B>>> = (0..8)
             .map(|t| quantize_act(Isa::SCALAR, &values(n, 40 + t)))
             .collect();
         macro_rules! tile {
@@ -317,8 +317,8 @@ fn check_x16<B: crate::quant::Interleaved>() {
                             v
                         };
                         for t in 0..a.len() {
-                            let mut x = vec![0.0f32; acts[t].len() * 256];
-                            BlockQ8_0x8::dequantize_act(&acts[t], &mut x);
+                            let mut x = vec![0.0f32; acts[t].len() * Act::<B>::VALUES];
+                            Act::<B>::dequantize_act(&acts[t], &mut x);
                             let scale: f32 = wf.iter().zip(&x).map(|(w, x)| (w * x).abs()).sum();
                             let what = format!("{} x16 {} blocks={blocks} row {r} token {t}/{}",
                                 B::Plain::NAME, isa.name(), a.len());
@@ -347,6 +347,21 @@ fn q8_0x16_dot_matches_scalar() {
 #[test]
 fn q4_0x16_dot_matches_scalar() {
     check_x16::<crate::quant::BlockQ4_0x16>();
+}
+
+#[test]
+fn q5_0x16_dot_matches_scalar() {
+    check_x16::<crate::quant::BlockQ5_0x16>();
+}
+
+#[test]
+fn q4_kx16_dot_matches_scalar() {
+    check_x16::<crate::quant::BlockQ4Kx16>();
+}
+
+#[test]
+fn q6_kx16_dot_matches_scalar() {
+    check_x16::<crate::quant::BlockQ6Kx16>();
 }
 
 /// The FMA axpy equals the scalar one up to the rounding FMA skips (one per element), at odd

@@ -19,6 +19,7 @@ mod q8_0;
 mod q8_0x8;
 mod q8_k;
 mod x16;
+mod x16_k;
 
 #[cfg(test)]
 mod tests;
@@ -33,7 +34,10 @@ pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
 pub use q8_0x8::BlockQ8_0x8;
 pub use q8_k::BlockQ8K;
-pub use x16::{pack_matrix, unpack_row, BlockQ4_0x16, BlockQ8_0x16, Interleaved, ROWS};
+pub use x16::{
+    pack_matrix, unpack_row, Act, BlockQ4_0x16, BlockQ5_0x16, BlockQ8_0x16, Interleaved, ROWS,
+};
+pub use x16_k::{BlockQ4Kx16, BlockQ6Kx16};
 
 pub(crate) use q4_k::scales_mins as q4k_scales_mins;
 

@@ -56,7 +56,7 @@ pub fn scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
 }
 
 /// Inverse of [`scales_mins`] for values < 64.
-fn pack_scales_mins(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+pub(super) fn pack_scales_mins(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
     let mut p = [0u8; 12];
     for j in 0..4 {
         p[j] = sc[j] | ((sc[j + 4] >> 4) << 6);

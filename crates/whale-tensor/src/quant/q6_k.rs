@@ -117,20 +117,25 @@ impl BlockQ6K {
                 levels[i] = (nearest_int(x[i] / d).clamp(-32, 31) + 32) as i8;
             }
         }
+        b.set_levels(&levels.map(|v| v as u8));
+        b
+    }
+
+    /// Stores the 6-bit levels `n` (0..64, element order) into `ql` and `qh`.
+    pub(crate) fn set_levels(&mut self, levels: &[u8; QK_K]) {
         for h in 0..2 {
             let l = &levels[128 * h..128 * h + 128];
             let (ql, qh) = (
-                &mut b.ql[64 * h..64 * h + 64],
-                &mut b.qh[32 * h..32 * h + 32],
+                &mut self.ql[64 * h..64 * h + 64],
+                &mut self.qh[32 * h..32 * h + 32],
             );
             for i in 0..32 {
-                let [q1, q2, q3, q4] = [l[i], l[i + 32], l[i + 64], l[i + 96]].map(|v| v as u8);
+                let [q1, q2, q3, q4] = [l[i], l[i + 32], l[i + 64], l[i + 96]];
                 ql[i] = (q1 & 0x0F) | ((q3 & 0x0F) << 4);
                 ql[i + 32] = (q2 & 0x0F) | ((q4 & 0x0F) << 4);
                 qh[i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
             }
         }
-        b
     }
 
     /// All 256 values as signed levels `n − 32`, in element order.

@@ -1,4 +1,5 @@
-//! Q8_0 and Q4_0 weights with sixteen rows interleaved, the layout of the AVX-512 VNNI kernels.
+//! Block-quantized weights with sixteen rows interleaved, the layout of the AVX-512 VNNI
+//! kernels: Q8_0, Q4_0 and Q5_0 here, the K-quants in [`super::x16_k`].
 //!
 //! In ggml's row-major layout a kernel must reduce each block's products across SIMD lanes
 //! before it can apply the block's scale, once per block and token. Here one 64-byte line holds
@@ -10,29 +11,30 @@
 //! `vpdpbusd` multiplies unsigned by signed bytes, and the broadcast operand must be the signed
 //! one (the activations), so weight levels are stored unsigned with an offset that the kernel
 //! removes through the activation blocks' integer sums: Q8_0's `q + 128`, Q4_0's nibbles `n`
-//! (whose offset 8 is already ggml's).
+//! and Q5_0's five-bit levels (whose offsets 8 and 16 are already ggml's).
 
 use half::f16;
 
-use super::{BlockQ4_0, BlockQ8_0, BlockQ8_0x8, GgmlType};
+use super::{BlockQ4_0, BlockQ5_0, BlockQ8_0, BlockQ8_0x8, GgmlType};
 use crate::kernels::{Isa, IsaKind, VecDot};
 
 /// Rows interleaved in one block.
 pub const ROWS: usize = 16;
 
-/// One block column (32 values) of sixteen rows.
+/// One block column (one ggml block per row) of sixteen rows.
 pub trait Interleaved: Copy + Send + Sync + std::fmt::Debug + 'static {
     /// The row-major block this interleaves.
-    type Plain: GgmlType + VecDot<Act = BlockQ8_0x8>;
-    /// The stored levels are the signed ones plus `OFFSET`.
-    const OFFSET: i32;
+    type Plain: GgmlType;
     fn pack(rows: [&Self::Plain; ROWS]) -> Self;
     fn unpack(&self, r: usize) -> Self::Plain;
 
     /// `out[t][r] = w_r · a[t]` for the sixteen rows of `w` (a row group's blocks, one per block
-    /// column) and `N` activation rows.
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [[f32; ROWS]; N];
+    /// column) and `N` activation rows, in the plain block's activation format.
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[Act<Self>]; N]) -> [[f32; ROWS]; N];
 }
+
+/// The activation blocks an interleaved format is dotted with: its plain block's.
+pub type Act<B> = <<B as Interleaved>::Plain as VecDot>::Act;
 
 /// Sixteen Q8_0 blocks: 544 bytes, as many as the sixteen blocks they hold.
 #[repr(C)]
@@ -53,11 +55,34 @@ pub struct BlockQ4_0x16 {
     pub qs: [u8; 16 * ROWS],
 }
 
+/// Sixteen Q5_0 blocks: 352 bytes. The nibbles are Q4_0x16's; the fifth bits are regrouped
+/// as the kernel's byte masks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ5_0x16 {
+    pub d: [f16; ROWS],
+    /// Bit `4·r + k` of `qh[j]` is the fifth bit of row r's element `4·j + k` (j < 4) or
+    /// `16 + 4·(j − 4) + k` (j ≥ 4): the bytes of the kernel's j-th line of levels.
+    pub qh: [u64; 8],
+    pub qs: [u8; 16 * ROWS],
+}
+
 const _: () = assert!(std::mem::size_of::<BlockQ8_0x16>() == ROWS * 34);
 const _: () = assert!(std::mem::size_of::<BlockQ4_0x16>() == ROWS * 18);
+const _: () = assert!(std::mem::size_of::<BlockQ5_0x16>() == ROWS * 22);
+
+/// The element of a 32-value block held by byte `k` of line `j` (low nibble line `j < 4`, high
+/// nibble line `j ≥ 4`) in the nibble layouts.
+fn nibble_line_element(j: usize, k: usize) -> usize {
+    if j < 4 {
+        4 * j + k
+    } else {
+        16 + 4 * (j - 4) + k
+    }
+}
 
 /// Row `r`'s bytes in a block of `per_row` bytes per row, taken four at a time.
-fn interleave<const LEN: usize>(bytes: impl Fn(usize) -> [u8; 4], out: &mut [u8; LEN]) {
+pub(super) fn interleave<const LEN: usize>(bytes: impl Fn(usize) -> [u8; 4], out: &mut [u8; LEN]) {
     for (i, chunk) in out.chunks_exact_mut(4).enumerate() {
         // i = 16·j + r: line j, row r.
         chunk.copy_from_slice(&bytes(i));
@@ -66,7 +91,6 @@ fn interleave<const LEN: usize>(bytes: impl Fn(usize) -> [u8; 4], out: &mut [u8;
 
 impl Interleaved for BlockQ8_0x16 {
     type Plain = BlockQ8_0;
-    const OFFSET: i32 = 128;
 
     fn pack(rows: [&BlockQ8_0; ROWS]) -> Self {
         let mut qs = [0u8; 32 * ROWS];
@@ -103,7 +127,6 @@ impl Interleaved for BlockQ8_0x16 {
 
 impl Interleaved for BlockQ4_0x16 {
     type Plain = BlockQ4_0;
-    const OFFSET: i32 = 8;
 
     fn pack(rows: [&BlockQ4_0; ROWS]) -> Self {
         let mut qs = [0u8; 16 * ROWS];
@@ -138,11 +161,65 @@ impl Interleaved for BlockQ4_0x16 {
     }
 }
 
+impl Interleaved for BlockQ5_0x16 {
+    type Plain = BlockQ5_0;
+
+    fn pack(rows: [&BlockQ5_0; ROWS]) -> Self {
+        let mut qs = [0u8; 16 * ROWS];
+        interleave(
+            |i| {
+                let (j, r) = (i / ROWS, i % ROWS);
+                std::array::from_fn(|k| rows[r].qs[4 * j + k])
+            },
+            &mut qs,
+        );
+        let qh = std::array::from_fn(|j| {
+            let mut m = 0u64;
+            for (r, row) in rows.iter().enumerate() {
+                let bits = u32::from_le_bytes(row.qh);
+                for k in 0..4 {
+                    m |= (((bits >> nibble_line_element(j, k)) & 1) as u64) << (4 * r + k);
+                }
+            }
+            m
+        });
+        BlockQ5_0x16 {
+            d: std::array::from_fn(|r| rows[r].d),
+            qh,
+            qs,
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ5_0 {
+        let mut bits = 0u32;
+        for (j, &m) in self.qh.iter().enumerate() {
+            for k in 0..4 {
+                bits |= (((m >> (4 * r + k)) & 1) as u32) << nibble_line_element(j, k);
+            }
+        }
+        BlockQ5_0 {
+            d: self.d[r],
+            qh: bits.to_le_bytes(),
+            qs: std::array::from_fn(|e| self.qs[64 * (e / 4) + 4 * r + e % 4]),
+        }
+    }
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8_0x8]; N]) -> [[f32; ROWS]; N] {
+        match isa.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
+            IsaKind::Avx512Vnni => unsafe { crate::kernels::avx512::dot_q5_0x16(w, a) },
+            _ => dot_unpacked(isa, w, a),
+        }
+    }
+}
+
 /// The reference: each row unpacked to ggml's blocks and dotted with that format's kernel.
-fn dot_unpacked<B: Interleaved, const N: usize>(
+pub(super) fn dot_unpacked<B: Interleaved, const N: usize>(
     isa: Isa,
     w: &[B],
-    a: [&[BlockQ8_0x8]; N],
+    a: [&[Act<B>]; N],
 ) -> [[f32; ROWS]; N] {
     let mut out = [[0.0; ROWS]; N];
     let mut row = Vec::with_capacity(w.len());

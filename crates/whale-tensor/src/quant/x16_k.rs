@@ -1,0 +1,167 @@
+//! Q4_K and Q6_K super-blocks with sixteen rows interleaved, for the AVX-512 VNNI kernels
+//! (the idea is [`super::x16`]'s: one 64-byte line holds four consecutive levels of each of
+//! sixteen rows, so `vpdpbusd` with broadcast activations gives every row's sum lane by lane).
+//!
+//! The sub-block scales, which ggml packs per row, are stored here as one byte per row side by
+//! side, so a single widening load gives the sixteen rows' scales of a sub-block as a vector.
+//! Both formats are dotted with Q8_K activations like their row-major originals, and repacking
+//! is lossless ([`Interleaved::unpack`] gives ggml's blocks back).
+
+use half::f16;
+
+use super::x16::{dot_unpacked, interleave, Interleaved, ROWS};
+use super::{q4k_scales_mins, BlockQ4K, BlockQ6K, BlockQ8K, QK_K};
+use crate::kernels::{Isa, IsaKind};
+
+/// Sixteen Q4_K super-blocks: 2,368 bytes, 64 more than the sixteen blocks (the 6-bit scales
+/// and mins unpacked to bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4Kx16 {
+    pub d: [f16; ROWS],
+    pub dmin: [f16; ROWS],
+    /// `scales[16·j + r]` is row r's scale of sub-block j (32 values).
+    pub scales: [u8; 8 * ROWS],
+    /// `mins[32·k + 2·r + i]` is row r's min of sub-block `2·k + i`: pairs, as `vpdpwssd`
+    /// multiplies them with pairs of activation sums once widened to 16 bits.
+    pub mins: [u8; 8 * ROWS],
+    /// `qs[512·c + 64·l + 4·r + k]` is row r's byte `32·c + 4·l + k` of ggml's `qs`: elements
+    /// `64·c + 4·l + k` (low nibble) and `64·c + 32 + 4·l + k` (high nibble).
+    pub qs: [u8; QK_K / 2 * ROWS],
+}
+
+/// Sixteen Q6_K super-blocks: 3,360 bytes, as many as the sixteen blocks.
+///
+/// Line `L` (0..64) stands for elements `4·L..4·L + 4` of every row; a level is split into
+/// its low four bits, two lines to a nibble line, and its high two bits, four lines to a byte.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ6Kx16 {
+    pub d: [f16; ROWS],
+    /// `scales[16·g + r]` is row r's scale of sub-block g (16 values).
+    pub scales: [i8; 16 * ROWS],
+    /// `ql[64·L + 4·r + k]`, L < 32: row r's element `4·L + k` in the low nibble and element
+    /// `128 + 4·L + k` in the high one (lines L and L + 32).
+    pub ql: [u8; QK_K / 2 * ROWS],
+    /// `qh[64·L + 4·r + k]`, L < 16: bits `2i, 2i + 1` are the high bits of row r's element
+    /// `64·i + 4·L + k` (lines L, L + 16, L + 32, L + 48).
+    pub qh: [u8; QK_K / 4 * ROWS],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4Kx16>() == ROWS * 144 + 64);
+const _: () = assert!(std::mem::size_of::<BlockQ6Kx16>() == ROWS * 210);
+
+impl Interleaved for BlockQ4Kx16 {
+    type Plain = BlockQ4K;
+
+    fn pack(rows: [&BlockQ4K; ROWS]) -> Self {
+        let unpacked = rows.map(|b| q4k_scales_mins(&b.scales));
+        let mut qs = [0u8; QK_K / 2 * ROWS];
+        // Line i = 8·c + l of the 32 (c: 64-value chunk, l: line within it), row r.
+        interleave(
+            |i| {
+                let (line, r) = (i / ROWS, i % ROWS);
+                let (c, l) = (line / 8, line % 8);
+                std::array::from_fn(|k| rows[r].qs[32 * c + 4 * l + k])
+            },
+            &mut qs,
+        );
+        BlockQ4Kx16 {
+            d: rows.map(|b| b.d),
+            dmin: rows.map(|b| b.dmin),
+            scales: std::array::from_fn(|i| unpacked[i % ROWS].0[i / ROWS]),
+            mins: std::array::from_fn(|i| {
+                let (k, r, half) = (i / 32, (i % 32) / 2, i % 2);
+                unpacked[r].1[2 * k + half]
+            }),
+            qs,
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ4K {
+        let sc: [u8; 8] = std::array::from_fn(|j| self.scales[ROWS * j + r]);
+        let m: [u8; 8] = std::array::from_fn(|j| self.mins[32 * (j / 2) + 2 * r + j % 2]);
+        BlockQ4K {
+            d: self.d[r],
+            dmin: self.dmin[r],
+            scales: super::q4_k::pack_scales_mins(&sc, &m),
+            qs: std::array::from_fn(|e| {
+                let (c, rest) = (e / 32, e % 32);
+                self.qs[512 * c + 64 * (rest / 4) + 4 * r + rest % 4]
+            }),
+        }
+    }
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+        match isa.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
+            IsaKind::Avx512Vnni => unsafe { crate::kernels::avx512::dot_q4_kx16(w, a) },
+            _ => dot_unpacked(isa, w, a),
+        }
+    }
+}
+
+impl Interleaved for BlockQ6Kx16 {
+    type Plain = BlockQ6K;
+
+    fn pack(rows: [&BlockQ6K; ROWS]) -> Self {
+        // 6-bit levels n (0..64) of every row in element order.
+        let levels = rows.map(|b| b.levels().map(|v| (v + 32) as u8));
+        let level = |r: usize, line: usize, k: usize| levels[r][4 * line + k];
+        let mut ql = [0u8; QK_K / 2 * ROWS];
+        interleave(
+            |i| {
+                let (line, r) = (i / ROWS, i % ROWS);
+                std::array::from_fn(|k| (level(r, line, k) & 0x0F) | (level(r, line + 32, k) << 4))
+            },
+            &mut ql,
+        );
+        let mut qh = [0u8; QK_K / 4 * ROWS];
+        interleave(
+            |i| {
+                let (line, r) = (i / ROWS, i % ROWS);
+                std::array::from_fn(|k| {
+                    (0..4).fold(0u8, |acc, h| {
+                        acc | ((level(r, line + 16 * h, k) >> 4) << (2 * h))
+                    })
+                })
+            },
+            &mut qh,
+        );
+        BlockQ6Kx16 {
+            d: rows.map(|b| b.d),
+            scales: std::array::from_fn(|i| rows[i % ROWS].scales[i / ROWS]),
+            ql,
+            qh,
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ6K {
+        let levels: [u8; QK_K] = std::array::from_fn(|e| {
+            let (line, k) = (e / 4, e % 4);
+            let low = self.ql[64 * (line % 32) + 4 * r + k] >> (4 * (line / 32)) & 0x0F;
+            let high = (self.qh[64 * (line % 16) + 4 * r + k] >> (2 * (line / 16))) & 3;
+            low | (high << 4)
+        });
+        let mut b = BlockQ6K {
+            ql: [0; QK_K / 2],
+            qh: [0; QK_K / 4],
+            scales: std::array::from_fn(|g| self.scales[ROWS * g + r]),
+            d: self.d[r],
+        };
+        b.set_levels(&levels);
+        b
+    }
+
+    #[inline]
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+        match isa.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
+            IsaKind::Avx512Vnni => unsafe { crate::kernels::avx512::dot_q6_kx16(w, a) },
+            _ => dot_unpacked(isa, w, a),
+        }
+    }
+}

@@ -108,7 +108,7 @@ fn main() {
     let header = "| type | shape | tokens | ms | GFLOP/s | weight GB/s | % roofline | avx2 ms | scalar ms | speed-up |\n\
                   |---|---|---|---|---|---|---|---|---|---|\n";
     md.push_str("## Matmul\n\n`weight GB/s` = weight bytes / time (each weight byte is read once per call). \
-                 `ms` is the best instruction set on the layout it reads (`Weight::for_isa`: block formats\
+                 `ms` is the best instruction set on the layout it reads (`Weight::for_isa`: block-format \
                  rows interleaved by 16 under AVX-512 VNNI); `avx2 ms` the AVX2 kernels on ggml's \
                  row-major layout; `speed-up` = scalar-reference time / best time, same shape, same run.\n\n");
     md.push_str(header);

@@ -90,9 +90,37 @@ struct Mla {
     kv_norm: Vec<f32>,
     /// `[h·(n + v), c]`: per head `W_UK` rows then `W_UV` rows.
     kv_b: Weight,
-    /// `kv_b` decoded to f32 for the absorbed form, which reads it per head.
-    kv_b_dense: Option<Vec<f32>>,
+    /// `kv_b` split per head for the absorbed form.
+    absorbed: Option<Absorbed>,
     o: Weight,
+}
+
+/// `kv_b`'s two halves per head, in f32, as the absorbed form's matmuls read them.
+struct Absorbed {
+    /// `W_UKᵀ`, `[c, n]` per head: `q_nope · W_UK` (the query taken into latent space) is a
+    /// matmul against its rows.
+    uk_t: Vec<Weight>,
+    /// `W_UV`, `[v, c]` per head: maps the attended latent back to the head's value.
+    uv: Vec<Weight>,
+}
+
+impl Absorbed {
+    fn new(kv_b: &Weight, h: usize, nd: usize, vd: usize) -> Absorbed {
+        let dense = kv_b.to_f32(); // [h·(n + v), c]
+        let cd = kv_b.cols;
+        let head = |i: usize| &dense[i * (nd + vd) * cd..(i + 1) * (nd + vd) * cd];
+        let uk_t = (0..h)
+            .map(|i| {
+                let uk = &head(i)[..nd * cd]; // [n, c]
+                let t = (0..cd * nd).map(|k| uk[(k % nd) * cd + k / nd]).collect();
+                Weight::from_f32(cd, nd, t)
+            })
+            .collect();
+        let uv = (0..h)
+            .map(|i| Weight::from_f32(vd, cd, head(i)[nd * cd..].to_vec()))
+            .collect();
+        Absorbed { uk_t, uv }
+    }
 }
 
 /// SwiGLU MLP: `down(silu(gate·x) ⊙ up·x)`.
@@ -229,7 +257,8 @@ impl Model {
                     &format!("{p}.self_attn.kv_a_layernorm.weight"),
                     c.kv_lora_rank,
                 ),
-                kv_b_dense: (mla == MlaImpl::Absorbed).then(|| kv_b.to_f32()),
+                absorbed: (mla == MlaImpl::Absorbed)
+                    .then(|| Absorbed::new(&kv_b, h, c.qk_nope_head_dim, c.v_head_dim)),
                 kv_b,
                 o: w.projection(&format!("{p}.self_attn.o_proj.weight"), d, h * c.v_head_dim),
             };
@@ -555,29 +584,39 @@ impl Model {
             qk,
             ld,
         } = MlaDims::of(c);
-        let wkv_b = a
-            .kv_b_dense
-            .as_deref()
-            .expect("absorbed MLA keeps a dense kv_b");
+        let ab = a
+            .absorbed
+            .as_ref()
+            .expect("absorbed MLA keeps kv_b per head");
         let n = q.len() / (h * qk); // query tokens
                                     // Query tokens in blocks: bounded scratch (≤ 4M scores, 16 MiB) and, under the causal
                                     // mask, each block scores only the rows its last token can see.
         let block = ((4 << 20) / (h * cached.len() / ld).max(1)).max(1);
         for s0 in (0..n).step_by(block) {
             let s1 = (s0 + block).min(n);
-            let rows = (s1 - s0) * h; // query vectors: [s, h]
+            let ns = s1 - s0;
+            let rows = ns * h; // query vectors: [s, h]
             let total = p0 + s1; // rows of the cache visible to this block
-                                 // Each query in latent space, [c + r]: (W_UKᵀ·q_nope, q_pe), one dot per cached row.
+                                 // Each query in latent space, [s, h, c + r]: (W_UKᵀ·q_nope, q_pe), one matmul per
+                                 // head over the block's tokens.
             let mut q_lat = vec![0.0f32; rows * ld];
-            q_lat.par_chunks_mut(ld).enumerate().for_each(|(idx, q_l)| {
-                let q_h = &q[(s0 * h + idx) * qk..][..qk];
-                let w_uk = &wkv_b[(idx % h) * (nd + vd) * cd..][..nd * cd]; // [n, c]
-                let (abs, pe) = q_l.split_at_mut(cd);
-                for (i, &qn) in q_h[..nd].iter().enumerate() {
-                    axpy(abs, qn, &w_uk[i * cd..][..cd]);
-                }
-                pe.copy_from_slice(&q_h[nd..]);
-            });
+            let per_head: Vec<Vec<f32>> = (0..h)
+                .into_par_iter()
+                .map(|head| {
+                    let q_nope: Vec<f32> = (s0..s1)
+                        .flat_map(|s| &q[(s * h + head) * qk..][..nd])
+                        .copied()
+                        .collect();
+                    let mut abs = vec![0.0f32; ns * cd];
+                    matmul(&mut abs, &q_nope, &ab.uk_t[head], ns);
+                    abs
+                })
+                .collect();
+            for (idx, q_l) in q_lat.chunks_exact_mut(ld).enumerate() {
+                let (s, head) = (idx / h, idx % h);
+                q_l[..cd].copy_from_slice(&per_head[head][s * cd..][..cd]);
+                q_l[cd..].copy_from_slice(&q[((s0 + s) * h + head) * qk + nd..][..ld - cd]);
+            }
             let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
             matmul_f32(&mut probs, &q_lat, cached, total, ld, rows);
             probs
@@ -594,16 +633,26 @@ impl Model {
                 });
             let mut o_lat = vec![0.0f32; rows * cd]; // Σ p·c_KV: [s·h, c]
             weighted_rows(&mut o_lat, &probs, cached, total, cd, ld);
-            out[s0 * h * vd..s1 * h * vd]
-                .par_chunks_mut(vd)
+            // Back to each head's values, [s, h, v]: one matmul per head.
+            let per_head: Vec<Vec<f32>> = (0..h)
+                .into_par_iter()
+                .map(|head| {
+                    let lat: Vec<f32> = (0..ns)
+                        .flat_map(|s| &o_lat[(s * h + head) * cd..][..cd])
+                        .copied()
+                        .collect();
+                    let mut o = vec![0.0f32; ns * vd];
+                    matmul(&mut o, &lat, &ab.uv[head], ns);
+                    o
+                })
+                .collect();
+            for (idx, o) in out[s0 * h * vd..s1 * h * vd]
+                .chunks_exact_mut(vd)
                 .enumerate()
-                .for_each(|(idx, o)| {
-                    let w_uv = &wkv_b[((idx % h) * (nd + vd) + nd) * cd..][..vd * cd]; // [v, c]
-                    let o_l = &o_lat[idx * cd..][..cd];
-                    for (i, oi) in o.iter_mut().enumerate() {
-                        *oi = dot(&w_uv[i * cd..][..cd], o_l);
-                    }
-                });
+            {
+                let (s, head) = (idx / h, idx % h);
+                o.copy_from_slice(&per_head[head][s * vd..][..vd]);
+            }
         }
     }
 

@@ -95,9 +95,10 @@ pub fn matmul_f32(
 
 /// `out[t, :cols] = Σ_j p[t, j] · w[j, :cols]` for `t < n` (`p`: `[n, rows]`, `w`: `rows` rows
 /// of `stride` values): probability-weighted sums of matrix rows, as attention sums values.
-/// Zero weights (masked positions) are skipped. With few `t` (decode: one token's heads, whose
-/// sums fit in L2) the rows are split across threads and every row is read once for all `t`,
-/// the partial sums added at the end; with many, each task owns a range of `t`.
+/// Every row is read once per eight sums by a register-tiled kernel. With few `t` (decode: one
+/// token's heads, whose sums fit in L2) the rows are split across threads and the partial sums
+/// added at the end; with many, each task owns eight `t` and skips the rows after their last
+/// nonzero weight (masked positions).
 pub fn weighted_rows(
     out: &mut [f32],
     p: &[f32],
@@ -116,56 +117,60 @@ pub fn weighted_rows(
         out.fill(0.0);
         return;
     }
-    let accumulate = |acc: &mut [f32], t: usize, js: std::ops::Range<usize>| {
-        for j in js {
-            let pj = p[t * rows + j];
-            if pj != 0.0 {
-                crate::ops::axpy(acc, pj, &w[j * stride..][..cols]);
-            }
-        }
-    };
-    let threads = threads::threads();
-    // Per-task accumulators for every t must stay cache-resident for the row split to pay.
-    if n * cols > 64 * 1024 {
-        out.par_chunks_mut(cols).enumerate().for_each(|(t, o)| {
-            o.fill(0.0);
-            accumulate(o, t, 0..rows);
-        });
-        return;
-    }
-    let per_task = rows.div_ceil(threads * 2).max(64);
     // Rows in blocks that stay in L2 while every 8-column strip of the sums passes over them;
     // the block's weights transposed to [row, t] so each row's N weights sit together.
     const ROW_BLOCK: usize = 64;
     let isa = Isa::detect();
+    // Sums for t in g0..g0 + m (m ≤ 8) over rows js, added into acc ([m, cols]).
+    let accumulate = |acc: &mut [f32], g0: usize, m: usize, js: std::ops::Range<usize>| {
+        let mut pt = Vec::with_capacity(ROW_BLOCK * 8);
+        for jb in js.clone().step_by(ROW_BLOCK) {
+            let je = (jb + ROW_BLOCK).min(js.end);
+            pt.clear();
+            for j in jb..je {
+                pt.extend((g0..g0 + m).map(|t| p[t * rows + j]));
+            }
+            let wb = &w[jb * stride..];
+            match m {
+                1 => kernels::weighted_rows::<1>(isa, acc, &pt, wb, stride),
+                2 => kernels::weighted_rows::<2>(isa, acc, &pt, wb, stride),
+                3 => kernels::weighted_rows::<3>(isa, acc, &pt, wb, stride),
+                4 => kernels::weighted_rows::<4>(isa, acc, &pt, wb, stride),
+                5 => kernels::weighted_rows::<5>(isa, acc, &pt, wb, stride),
+                6 => kernels::weighted_rows::<6>(isa, acc, &pt, wb, stride),
+                7 => kernels::weighted_rows::<7>(isa, acc, &pt, wb, stride),
+                _ => kernels::weighted_rows::<8>(isa, acc, &pt, wb, stride),
+            }
+        }
+    };
+    let threads = threads::threads();
+    // Many sums (prefill): each task owns eight of them, so every row is read once per eight.
+    // Per-task accumulators for every t must stay cache-resident for the row split to pay.
+    if n * cols > 64 * 1024 {
+        out.fill(0.0);
+        out.par_chunks_mut(8 * cols).enumerate().for_each(|(g, o)| {
+            let ts = 8 * g..8 * g + o.len() / cols;
+            // Rows past every sum's last nonzero weight (the causal mask) are skipped.
+            let end = ts
+                .clone()
+                .map(|t| p[t * rows..(t + 1) * rows].iter().rposition(|&v| v != 0.0))
+                .max()
+                .flatten()
+                .map_or(0, |j| j + 1);
+            accumulate(o, ts.start, ts.len(), 0..end);
+        });
+        return;
+    }
+    let per_task = rows.div_ceil(threads * 2).max(64);
     let partials: Vec<Vec<f32>> = (0..rows)
         .into_par_iter()
         .step_by(per_task)
         .map(|j0| {
             let mut acc = vec![0.0f32; n * cols];
-            let mut pt = Vec::with_capacity(ROW_BLOCK * 8);
-            let j_end = (j0 + per_task).min(rows);
-            for jb in (j0..j_end).step_by(ROW_BLOCK) {
-                let je = (jb + ROW_BLOCK).min(j_end);
-                for g0 in (0..n).step_by(8) {
-                    let m = 8.min(n - g0);
-                    pt.clear();
-                    for j in jb..je {
-                        pt.extend((g0..g0 + m).map(|t| p[t * rows + j]));
-                    }
-                    let a = &mut acc[g0 * cols..(g0 + m) * cols];
-                    let wb = &w[jb * stride..];
-                    match m {
-                        1 => kernels::weighted_rows::<1>(isa, a, &pt, wb, stride),
-                        2 => kernels::weighted_rows::<2>(isa, a, &pt, wb, stride),
-                        3 => kernels::weighted_rows::<3>(isa, a, &pt, wb, stride),
-                        4 => kernels::weighted_rows::<4>(isa, a, &pt, wb, stride),
-                        5 => kernels::weighted_rows::<5>(isa, a, &pt, wb, stride),
-                        6 => kernels::weighted_rows::<6>(isa, a, &pt, wb, stride),
-                        7 => kernels::weighted_rows::<7>(isa, a, &pt, wb, stride),
-                        _ => kernels::weighted_rows::<8>(isa, a, &pt, wb, stride),
-                    }
-                }
+            let js = j0..(j0 + per_task).min(rows);
+            for g0 in (0..n).step_by(8) {
+                let m = 8.min(n - g0);
+                accumulate(&mut acc[g0 * cols..(g0 + m) * cols], g0, m, js.clone());
             }
             acc
         })

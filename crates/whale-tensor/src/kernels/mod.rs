@@ -32,8 +32,8 @@ pub(crate) enum IsaKind {
     /// x86-64 AVX2 + FMA + F16C (Haswell, Zen and later).
     Avx2,
     /// AVX2's features plus AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later):
-    /// the block-quantized kernels (Q8_0, Q4_0, Q5_0, Q4_K, Q6_K) on sixteen interleaved rows;
-    /// the float kernels are AVX2's.
+    /// the block-quantized kernels (Q8_0, Q4_0, Q5_0, Q4_K, Q6_K) on sixteen interleaved rows
+    /// and the f32 dot product; the other float kernels are AVX2's.
     Avx512Vnni,
 }
 
@@ -106,7 +106,10 @@ impl VecDot for f32 {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: an `Isa` holds `Avx2` or `Avx512Vnni` only if `Isa::detect` found AVX2, FMA and F16C.
-            IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { avx2::dot_f32(w, a) },
+            IsaKind::Avx2 => unsafe { avx2::dot_f32(w, a) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx512Vnni` is detected only with AVX-512 F (and AVX2, FMA).
+            IsaKind::Avx512Vnni => unsafe { avx512::dot_f32(w, a) },
             _ => a.map(|a| scalar::dot_f32(w, a)),
         }
     }

@@ -589,9 +589,11 @@ impl Model {
             .as_ref()
             .expect("absorbed MLA keeps kv_b per head");
         let n = q.len() / (h * qk); // query tokens
-                                    // Query tokens in blocks: bounded scratch (≤ 4M scores, 16 MiB) and, under the causal
-                                    // mask, each block scores only the rows its last token can see.
-        let block = ((4 << 20) / (h * cached.len() / ld).max(1)).max(1);
+                                    // Query tokens in blocks of at most 32: bounded scratch (≤ 4M scores, 16 MiB) and,
+                                    // under the causal mask, each block scores only the rows its last token can see (in a
+                                    // 512-token prefill, about half the score work of one block; 32 tokens × h heads are
+                                    // still enough query rows for the matmul's tiles).
+        let block = ((4 << 20) / (h * cached.len() / ld).max(1)).clamp(1, 32);
         for s0 in (0..n).step_by(block) {
             let s1 = (s0 + block).min(n);
             let ns = s1 - s0;

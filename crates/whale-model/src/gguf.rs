@@ -309,8 +309,14 @@ fn weight(t: &TensorInfo, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weig
             t.name, t.ggml_type
         ));
     }
-    Weight::from_gguf_bytes(t.ggml_type.0, rows, cols, bytes)
-        .map_err(|e| format!("tensor `{}`: {e}", t.name))
+    Weight::from_gguf_bytes_for(
+        whale_tensor::Isa::detect(),
+        t.ggml_type.0,
+        rows,
+        cols,
+        bytes,
+    )
+    .map_err(|e| format!("tensor `{}`: {e}", t.name))
 }
 
 /// Inverts the converter's split of `kv_b_proj` (`[h·(n + v), c]`, per head `n` rows of `W_UK`

@@ -112,45 +112,12 @@ impl Weight {
         cols: usize,
         bytes: &[u8],
     ) -> Result<Weight, TensorError> {
-        fn check(
-            dtype: &'static str,
-            rows: usize,
-            cols: usize,
-            expected: usize,
-            got: usize,
-        ) -> Result<(), TensorError> {
-            if expected == got {
-                Ok(())
-            } else {
-                Err(TensorError::ByteLength {
-                    dtype,
-                    rows,
-                    cols,
-                    expected,
-                    got,
-                })
-            }
-        }
         fn blocks<B: GgmlType>(
             rows: usize,
             cols: usize,
             bytes: &[u8],
         ) -> Result<Vec<B>, TensorError> {
-            if !cols.is_multiple_of(B::BLOCK) {
-                return Err(TensorError::BlockMisfit {
-                    quant: B::NAME,
-                    block: B::BLOCK,
-                    rows,
-                    cols,
-                });
-            }
-            check(
-                B::NAME,
-                rows,
-                cols,
-                rows * cols / B::BLOCK * size_of::<B>(),
-                bytes.len(),
-            )?;
+            check_blocks::<B>(rows, cols, bytes)?;
             Ok(quant::blocks_from_bytes(bytes))
         }
         let n = rows * cols;
@@ -248,6 +215,41 @@ impl Weight {
             );
         }
         out
+    }
+
+    /// [`Weight::from_gguf_bytes`] in the layout `isa`'s kernels read ([`Weight::for_isa`]).
+    /// Formats that get interleaved are packed straight from `bytes` (e.g. the mmap) when
+    /// they are aligned for the block type, without the intermediate copy.
+    pub fn from_gguf_bytes_for(
+        isa: Isa,
+        ggml: u32,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Weight, TensorError> {
+        fn direct<B: Interleaved>(
+            rows: usize,
+            cols: usize,
+            bytes: &[u8],
+        ) -> Result<Option<Vec<B>>, TensorError> {
+            check_blocks::<B::Plain>(rows, cols, bytes)?;
+            Ok(quant::blocks_view::<B::Plain>(bytes)
+                .map(|plain| quant::pack_matrix(plain, cols / B::Plain::BLOCK)))
+        }
+        if isa.0 == IsaKind::Avx512Vnni && rows.is_multiple_of(quant::ROWS) {
+            let data = match ggml {
+                ggml_type::Q8_0 => direct(rows, cols, bytes)?.map(WeightData::Q8_0x16),
+                ggml_type::Q4_0 => direct(rows, cols, bytes)?.map(WeightData::Q4_0x16),
+                ggml_type::Q5_0 => direct(rows, cols, bytes)?.map(WeightData::Q5_0x16),
+                ggml_type::Q4_K => direct(rows, cols, bytes)?.map(WeightData::Q4Kx16),
+                ggml_type::Q6_K => direct(rows, cols, bytes)?.map(WeightData::Q6Kx16),
+                _ => None,
+            };
+            if let Some(data) = data {
+                return Ok(Weight::new(rows, cols, data));
+            }
+        }
+        Ok(Weight::from_gguf_bytes(ggml, rows, cols, bytes)?.for_isa(isa))
     }
 
     /// Short name of the storage type, for messages and `inspect`.
@@ -383,6 +385,46 @@ impl Weight {
         }
         out
     }
+}
+
+/// `bytes` hold exactly a `[rows, cols]` matrix of `dtype` (`expected` bytes).
+fn check(
+    dtype: &'static str,
+    rows: usize,
+    cols: usize,
+    expected: usize,
+    got: usize,
+) -> Result<(), TensorError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(TensorError::ByteLength {
+            dtype,
+            rows,
+            cols,
+            expected,
+            got,
+        })
+    }
+}
+
+/// `bytes` hold exactly a `[rows, cols]` matrix of `B` blocks, each row whole blocks.
+fn check_blocks<B: GgmlType>(rows: usize, cols: usize, bytes: &[u8]) -> Result<(), TensorError> {
+    if !cols.is_multiple_of(B::BLOCK) {
+        return Err(TensorError::BlockMisfit {
+            quant: B::NAME,
+            block: B::BLOCK,
+            rows,
+            cols,
+        });
+    }
+    check(
+        B::NAME,
+        rows,
+        cols,
+        rows * cols / B::BLOCK * size_of::<B>(),
+        bytes.len(),
+    )
 }
 
 fn decode<T: Copy>(src: &[T], out: &mut [f32], f: impl Fn(T) -> f32) {

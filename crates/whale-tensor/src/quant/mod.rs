@@ -225,6 +225,19 @@ pub(crate) fn blocks_from_bytes<B: GgmlType>(bytes: &[u8]) -> Vec<B> {
     out
 }
 
+/// `bytes` seen as blocks without a copy, when they are aligned for `B` (`None` otherwise).
+pub(crate) fn blocks_view<B: GgmlType>(bytes: &[u8]) -> Option<&[B]> {
+    let size = std::mem::size_of::<B>();
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>())
+    {
+        return None;
+    }
+    // SAFETY: aligned (checked), the length is a whole number of blocks within `bytes`, and
+    // `GgmlType` guarantees any bytes are a valid `B`; the borrow keeps `bytes` alive.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) })
+}
+
 /// The bytes of a block slice, as they would be written to a GGUF file.
 pub(crate) fn blocks_as_bytes<B: GgmlType>(blocks: &[B]) -> &[u8] {
     // SAFETY: `GgmlType` blocks are `#[repr(C)]` with no padding, so all their bytes are

@@ -121,25 +121,30 @@ pub fn weighted_rows(
     // the block's weights transposed to [row, t] so each row's N weights sit together.
     const ROW_BLOCK: usize = 64;
     let isa = Isa::detect();
-    // Sums for t in g0..g0 + m (m ≤ 8) over rows js, added into acc ([m, cols]).
-    let accumulate = |acc: &mut [f32], g0: usize, m: usize, js: std::ops::Range<usize>| {
+    // Sums for t in ts over rows js, added into acc ([ts.len(), cols]): each block of rows
+    // is read once for all of ts, eight sums at a time.
+    let accumulate = |acc: &mut [f32], ts: std::ops::Range<usize>, js: std::ops::Range<usize>| {
         let mut pt = Vec::with_capacity(ROW_BLOCK * 8);
         for jb in js.clone().step_by(ROW_BLOCK) {
             let je = (jb + ROW_BLOCK).min(js.end);
-            pt.clear();
-            for j in jb..je {
-                pt.extend((g0..g0 + m).map(|t| p[t * rows + j]));
-            }
-            let wb = &w[jb * stride..];
-            match m {
-                1 => kernels::weighted_rows::<1>(isa, acc, &pt, wb, stride),
-                2 => kernels::weighted_rows::<2>(isa, acc, &pt, wb, stride),
-                3 => kernels::weighted_rows::<3>(isa, acc, &pt, wb, stride),
-                4 => kernels::weighted_rows::<4>(isa, acc, &pt, wb, stride),
-                5 => kernels::weighted_rows::<5>(isa, acc, &pt, wb, stride),
-                6 => kernels::weighted_rows::<6>(isa, acc, &pt, wb, stride),
-                7 => kernels::weighted_rows::<7>(isa, acc, &pt, wb, stride),
-                _ => kernels::weighted_rows::<8>(isa, acc, &pt, wb, stride),
+            for g0 in ts.clone().step_by(8) {
+                let m = 8.min(ts.end - g0);
+                pt.clear();
+                for j in jb..je {
+                    pt.extend((g0..g0 + m).map(|t| p[t * rows + j]));
+                }
+                let a = &mut acc[(g0 - ts.start) * cols..(g0 - ts.start + m) * cols];
+                let wb = &w[jb * stride..];
+                match m {
+                    1 => kernels::weighted_rows::<1>(isa, a, &pt, wb, stride),
+                    2 => kernels::weighted_rows::<2>(isa, a, &pt, wb, stride),
+                    3 => kernels::weighted_rows::<3>(isa, a, &pt, wb, stride),
+                    4 => kernels::weighted_rows::<4>(isa, a, &pt, wb, stride),
+                    5 => kernels::weighted_rows::<5>(isa, a, &pt, wb, stride),
+                    6 => kernels::weighted_rows::<6>(isa, a, &pt, wb, stride),
+                    7 => kernels::weighted_rows::<7>(isa, a, &pt, wb, stride),
+                    _ => kernels::weighted_rows::<8>(isa, a, &pt, wb, stride),
+                }
             }
         }
     };
@@ -157,7 +162,7 @@ pub fn weighted_rows(
                 .max()
                 .flatten()
                 .map_or(0, |j| j + 1);
-            accumulate(o, ts.start, ts.len(), 0..end);
+            accumulate(o, ts, 0..end);
         });
         return;
     }
@@ -167,11 +172,7 @@ pub fn weighted_rows(
         .step_by(per_task)
         .map(|j0| {
             let mut acc = vec![0.0f32; n * cols];
-            let js = j0..(j0 + per_task).min(rows);
-            for g0 in (0..n).step_by(8) {
-                let m = 8.min(n - g0);
-                accumulate(&mut acc[g0 * cols..(g0 + m) * cols], g0, m, js.clone());
-            }
+            accumulate(&mut acc, 0..n, j0..(j0 + per_task).min(rows));
             acc
         })
         .collect();

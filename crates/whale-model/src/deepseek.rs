@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use rayon::prelude::*;
-use whale_tensor::ops::{axpy, dot, rms_norm_rows, sigmoid, softmax, swiglu};
+use whale_tensor::ops::{axpy, rms_norm_rows, sigmoid, softmax, swiglu};
 use whale_tensor::{matmul, matmul_f32, weighted_rows, Weight};
 
 use crate::cache::LatentCache;
@@ -23,13 +23,21 @@ use crate::rope::Rope;
 /// them with the default 1e-6 whatever `rms_norm_eps` says (SPEC §7.1).
 const LATENT_NORM_EPS: f32 = 1e-6;
 
-/// How MLA attends, chosen once at load (SPEC §3.3). Both read the same latent cache.
+/// How MLA attends (SPEC §3.3). Every form reads the same latent cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MlaImpl {
     /// Decompress per-head keys and values from the latent (`kv_b_proj`) every step.
     Naive,
     /// Fold `W_UK` into the query and `W_UV` into the output; attend in latent space.
     Absorbed,
+    /// Per step, whichever of the two needs fewer multiply-adds (ik_llama.cpp's `mla = 3`):
+    /// absorbed for decode and short chunks over a long cache, decompressed for prefill,
+    /// where decompressing every cached row once is cheaper than attending `c + r` wide.
+    Auto,
+}
+
+impl MlaImpl {
+    pub const ALL: [MlaImpl; 3] = [MlaImpl::Naive, MlaImpl::Absorbed, MlaImpl::Auto];
 }
 
 impl std::str::FromStr for MlaImpl {
@@ -38,8 +46,9 @@ impl std::str::FromStr for MlaImpl {
         match s {
             "naive" => Ok(MlaImpl::Naive),
             "absorbed" | "absorb" => Ok(MlaImpl::Absorbed),
+            "auto" => Ok(MlaImpl::Auto),
             _ => Err(format!(
-                "unknown MLA form {s:?} (expected naive or absorbed)"
+                "unknown MLA form {s:?} (expected naive, absorbed or auto)"
             )),
         }
     }
@@ -70,6 +79,28 @@ impl MlaDims {
             qk: nd + rd,
             ld: cd + rd,
         }
+    }
+}
+
+impl MlaDims {
+    /// Whether `s` query tokens over `total` cached rows (the last `s` of them new) cost fewer
+    /// multiply-adds decompressed (`kv_b` over every row, then attention `n + r` wide and
+    /// values `v` wide) than absorbed (`W_UK`/`W_UV` per query, attention `c + r` wide and
+    /// values `c` wide). Causal: a query sees on average `total − s/2` rows.
+    fn decompressing_is_cheaper(&self, s: usize, total: usize) -> bool {
+        let MlaDims {
+            h,
+            nd,
+            vd,
+            cd,
+            qk,
+            ld,
+            ..
+        } = *self;
+        let seen = total - s / 2;
+        let naive = total * h * (nd + vd) * cd + s * h * seen * (qk + vd);
+        let absorbed = s * h * (nd + vd) * cd + s * h * seen * (ld + cd);
+        naive < absorbed
     }
 }
 
@@ -257,7 +288,7 @@ impl Model {
                     &format!("{p}.self_attn.kv_a_layernorm.weight"),
                     c.kv_lora_rank,
                 ),
-                absorbed: (mla == MlaImpl::Absorbed)
+                absorbed: (mla != MlaImpl::Naive)
                     .then(|| Absorbed::new(&kv_b, h, c.qk_nope_head_dim, c.v_head_dim)),
                 kv_b,
                 o: w.projection(&format!("{p}.self_attn.o_proj.weight"), d, h * c.v_head_dim),
@@ -519,9 +550,15 @@ impl Model {
             step.cache.append(layer, kv);
             let cached = step.cache.rows(layer, p0 + n); // [T, c + r]
             let out = &mut out[start * h * vd..(start + n) * h * vd];
-            match self.mla {
-                MlaImpl::Naive => self.attend_naive(a, q, cached, p0, out),
-                MlaImpl::Absorbed => self.attend_absorbed(a, q, cached, p0, out),
+            let naive = match self.mla {
+                MlaImpl::Naive => true,
+                MlaImpl::Absorbed => false,
+                MlaImpl::Auto => MlaDims::of(c).decompressing_is_cheaper(n, p0 + n),
+            };
+            if naive {
+                self.attend_naive(a, q, cached, p0, out);
+            } else {
+                self.attend_absorbed(a, q, cached, p0, out);
             }
             start += n;
         }
@@ -530,7 +567,8 @@ impl Model {
         y
     }
 
-    /// Naive MLA: decompress per-head keys and values from every cached latent.
+    /// Naive MLA: decompress per-head keys and values from every cached latent, then per head
+    /// one matmul for the scores and one weighted sum of the values.
     /// `q`: [s, h, n + r] of one sequence at positions `p0..`; `out`: [s, h, v].
     fn attend_naive(&self, a: &Mla, q: &[f32], cached: &[f32], p0: usize, out: &mut [f32]) {
         let c = &self.config;
@@ -544,6 +582,7 @@ impl Model {
             ld,
         } = MlaDims::of(c);
         let total = cached.len() / ld; // T
+        let n = q.len() / (h * qk); // query tokens
         let latents: Vec<f32> = cached
             .chunks_exact(ld)
             .flat_map(|r| &r[..cd])
@@ -551,22 +590,49 @@ impl Model {
             .collect();
         let mut kvb = vec![0.0f32; total * h * (nd + vd)]; // [T, h, n + v]
         matmul(&mut kvb, &latents, &a.kv_b, total);
-        out.par_chunks_mut(vd).enumerate().for_each(|(idx, o)| {
+        let per_head: Vec<Vec<f32>> = (0..h)
+            .into_par_iter()
+            .map(|head| {
+                // Keys [T, n + r]: the head's decompressed k_nope and the shared k_pe.
+                let keys: Vec<f32> = (0..total)
+                    .flat_map(|j| {
+                        let k = &kvb[(j * h + head) * (nd + vd)..][..nd];
+                        k.iter().chain(&cached[j * ld + cd..][..rd])
+                    })
+                    .copied()
+                    .collect();
+                let values = &kvb[head * (nd + vd) + nd..]; // row j at j·h·(n + v)
+                let mut o = vec![0.0f32; n * vd]; // [s, v]
+                                                  // Query tokens in blocks: bounded scratch, causal rows only.
+                let block = ((1 << 20) / total.max(1)).clamp(1, 64);
+                for s0 in (0..n).step_by(block) {
+                    let s1 = (s0 + block).min(n);
+                    let visible_all = p0 + s1;
+                    let qh: Vec<f32> = (s0..s1)
+                        .flat_map(|s| &q[(s * h + head) * qk..][..qk])
+                        .copied()
+                        .collect();
+                    let mut probs = vec![0.0f32; (s1 - s0) * visible_all];
+                    matmul_f32(&mut probs, &qh, &keys, visible_all, qk, s1 - s0);
+                    for (i, p) in probs.chunks_exact_mut(visible_all).enumerate() {
+                        let visible = p0 + s0 + i + 1; // causal: keys 0..=p0+s
+                        let (p, masked) = p.split_at_mut(visible);
+                        for v in p.iter_mut() {
+                            *v *= self.softmax_scale;
+                        }
+                        softmax(p);
+                        masked.fill(0.0);
+                    }
+                    let o = &mut o[s0 * vd..s1 * vd];
+                    weighted_rows(o, &probs, values, visible_all, vd, h * (nd + vd));
+                }
+                o
+            })
+            .collect();
+        for (idx, o) in out.chunks_exact_mut(vd).enumerate() {
             let (s, head) = (idx / h, idx % h);
-            let q_h = &q[(s * h + head) * qk..][..qk];
-            let visible = p0 + s + 1; // causal: keys 0..=p0+s
-            let mut scores: Vec<f32> = (0..visible)
-                .map(|j| {
-                    let k = &kvb[(j * h + head) * (nd + vd)..][..nd];
-                    let pe = &cached[j * ld + cd..][..rd];
-                    (dot(&q_h[..nd], k) + dot(&q_h[nd..], pe)) * self.softmax_scale
-                })
-                .collect();
-            softmax(&mut scores);
-            for (j, &p) in scores.iter().enumerate() {
-                axpy(o, p, &kvb[(j * h + head) * (nd + vd) + nd..][..vd]);
-            }
-        });
+            o.copy_from_slice(&per_head[head][s * vd..][..vd]);
+        }
     }
 
     /// Absorbed MLA: `q_abs = W_UKᵀ·q_nope` attends over the latents directly (MQA with
@@ -787,6 +853,27 @@ fn top_k(values: &[f32], k: usize) -> Vec<usize> {
 mod tests {
     use super::*;
     use crate::config::Moe as MoeCfg;
+
+    /// V2-Lite's MLA sizes: decode and short chunks over a long cache stay absorbed, a prefill
+    /// from an empty or short cache is decompressed.
+    #[test]
+    fn auto_mla_decompresses_prefill_and_absorbs_decode() {
+        let dims = MlaDims {
+            h: 16,
+            nd: 128,
+            rd: 64,
+            vd: 128,
+            cd: 512,
+            qk: 192,
+            ld: 576,
+        };
+        assert!(!dims.decompressing_is_cheaper(1, 2));
+        assert!(!dims.decompressing_is_cheaper(1, 4096));
+        assert!(!dims.decompressing_is_cheaper(16, 4096));
+        assert!(dims.decompressing_is_cheaper(512, 512));
+        assert!(dims.decompressing_is_cheaper(64, 64));
+        assert!(dims.decompressing_is_cheaper(512, 4096));
+    }
 
     fn cfg(method: TopkMethod, scoring: ScoringFunc, n_group: usize, topk_group: usize) -> MoeCfg {
         MoeCfg {

@@ -93,11 +93,11 @@ fn fixtures_cover_every_variant() {
 }
 
 #[test]
-fn logits_match_reference_in_both_mla_forms() {
+fn logits_match_reference_in_every_mla_form() {
     for dir in checkpoints() {
         let r = reference(&dir);
         let tol = LOGIT_TOL_STD * std_dev(&r.logits);
-        for mla in [MlaImpl::Naive, MlaImpl::Absorbed] {
+        for mla in MlaImpl::ALL {
             let model = Model::load(&dir, mla).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
             let mut cache = model.new_cache(model.config.max_position_embeddings);
             let got = model
@@ -117,7 +117,7 @@ fn logits_match_reference_in_both_mla_forms() {
 fn greedy_tokens_match_reference() {
     for dir in checkpoints() {
         let r = reference(&dir);
-        for mla in [MlaImpl::Naive, MlaImpl::Absorbed] {
+        for mla in MlaImpl::ALL {
             let model = Model::load(&dir, mla).unwrap();
             let got = greedy(&model, &r.greedy_prompt, r.max_new_tokens);
             assert_eq!(got, r.greedy_ids, "{} {mla:?}", dir.display());

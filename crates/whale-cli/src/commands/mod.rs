@@ -24,8 +24,10 @@ pub struct ModelArgs {
     /// llama.cpp GGUF file (deepseek2). Defaults to the bundled model.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// MLA form: naive (decompress K/V) or absorbed (attend in latent space).
-    #[arg(long, default_value = "absorbed")]
+    /// MLA form: naive (decompress K/V), absorbed (attend in latent space) or auto (per
+    /// step, whichever needs fewer multiply-adds: decompressed for prefill, absorbed for
+    /// decode).
+    #[arg(long, default_value = "auto")]
     pub mla: MlaImpl,
     /// Context length in tokens (default: the model's max_position_embeddings).
     #[arg(long)]

@@ -301,6 +301,21 @@ impl SharedOut {
     }
 }
 
+/// Writes a four-row tile of dot products: `dots[i][k]` is row `group + i` for token `t0 + k`
+/// of an output with `rows` columns per token.
+fn write_rows<const N: usize>(
+    out: &SharedOut,
+    (rows, t0, group): (usize, usize, usize),
+    dots: [[f32; N]; ROW_GROUP],
+) {
+    for (i, d) in dots.iter().enumerate() {
+        for (k, &v) in d.iter().enumerate() {
+            // SAFETY: the rows of a group belong to one task alone.
+            unsafe { out.write((t0 + k) * rows + group + i, v) };
+        }
+    }
+}
+
 /// Rows of `w` (each `w.len() / rows` elements) against token rows of `acts`, tiled over tokens.
 fn tiled<W: VecDot>(isa: Isa, s: Shape, w: &[W], acts: &[W::Act], out: &mut [f32]) {
     let w_len = w.len() / s.rows;
@@ -315,6 +330,22 @@ fn tiled<W: VecDot>(isa: Isa, s: Shape, w: &[W], acts: &[W::Act], out: &mut [f32
             while t0 < s.n_tokens {
                 let n = TILE.min(s.n_tokens - t0);
                 let act = |i: usize| &acts[(t0 + i) * a_len..(t0 + i + 1) * a_len];
+                if group_end - group == ROW_GROUP {
+                    let rows = std::array::from_fn(|i| &w[(group + i) * w_len..][..w_len]);
+                    let at = (s.rows, t0, group);
+                    match n {
+                        1 => write_rows(&out, at, W::dot_rows(isa, rows, [act(0)])),
+                        2 => write_rows(&out, at, W::dot_rows(isa, rows, [act(0), act(1)])),
+                        3 => write_rows(&out, at, W::dot_rows(isa, rows, [act(0), act(1), act(2)])),
+                        _ => write_rows(
+                            &out,
+                            at,
+                            W::dot_rows::<TILE>(isa, rows, std::array::from_fn(act)),
+                        ),
+                    }
+                    t0 += n;
+                    continue;
+                }
                 for r in group..group_end {
                     let wr = &w[r * w_len..(r + 1) * w_len];
                     let put = |dots: &[f32]| {

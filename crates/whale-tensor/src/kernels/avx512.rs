@@ -296,3 +296,30 @@ pub unsafe fn dot_f32<const N: usize>(w: &[f32], a: [&[f32]; N]) -> [f32; N] {
     }
     std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t])))
 }
+
+/// Four f32 rows · `N` (≤ 4) f32 rows: a 4 × `N` tile of sums in registers, so each 16-column
+/// step loads `4 + N` vectors for `4·N` multiply-adds (the one-row tile loads `1 + N` for `N`).
+/// What attention scores over a cache need: few queries against many cached rows.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn dot_f32_rows<const N: usize>(w: [&[f32]; 4], a: [&[f32]; N]) -> [[f32; N]; 4] {
+    let n = w[0].len();
+    for row in w.iter().chain(a.iter()) {
+        assert_eq!(row.len(), n, "row length");
+    }
+    let (wp, ap) = (w.map(|r| r.as_ptr()), a.map(|r| r.as_ptr()));
+    let mut acc = [[_mm512_setzero_ps(); N]; 4];
+    let mut i = 0;
+    while i < n {
+        let k: __mmask16 = if n - i >= 16 { !0 } else { (1 << (n - i)) - 1 };
+        // SAFETY: the mask covers only lanes below n, the length of every row.
+        let x: [__m512; N] = std::array::from_fn(|t| _mm512_maskz_loadu_ps(k, ap[t].add(i)));
+        for r in 0..4 {
+            let wr = _mm512_maskz_loadu_ps(k, wp[r].add(i));
+            for t in 0..N {
+                acc[r][t] = _mm512_fmadd_ps(wr, x[t], acc[r][t]);
+            }
+        }
+        i += 16;
+    }
+    acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)))
+}

@@ -96,6 +96,13 @@ pub trait VecDot: Sized + Sync {
     /// `out[t] = w · a[t]` for `N` activation rows covering the same values as `w`
     /// (`a[t].len() == act_len(w.len())`).
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[Self::Act]; N]) -> [f32; N];
+
+    /// `out[r][t] = w[r] · a[t]` for four weight rows at once; row by row unless a kernel
+    /// keeps a 4 × `N` tile of sums in registers (each load then feeds more multiplies).
+    #[inline]
+    fn dot_rows<const N: usize>(isa: Isa, w: [&[Self]; 4], a: [&[Self::Act]; N]) -> [[f32; N]; 4] {
+        w.map(|w| Self::dot_tile(isa, w, a))
+    }
 }
 
 impl VecDot for f32 {
@@ -111,6 +118,16 @@ impl VecDot for f32 {
             // SAFETY: `Avx512Vnni` is detected only with AVX-512 F (and AVX2, FMA).
             IsaKind::Avx512Vnni => unsafe { avx512::dot_f32(w, a) },
             _ => a.map(|a| scalar::dot_f32(w, a)),
+        }
+    }
+
+    #[inline]
+    fn dot_rows<const N: usize>(isa: Isa, w: [&[f32]; 4], a: [&[f32]; N]) -> [[f32; N]; 4] {
+        match isa.0 {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx512Vnni` is detected only with AVX-512 F (and AVX2, FMA).
+            IsaKind::Avx512Vnni => unsafe { avx512::dot_f32_rows(w, a) },
+            _ => w.map(|w| Self::dot_tile(isa, w, a)),
         }
     }
 }

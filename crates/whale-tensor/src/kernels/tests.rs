@@ -57,6 +57,9 @@ fn check_float<W: VecDot<Act = f32> + Copy>(
     let Some(isa) = simd() else { return };
     for n in [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1023] {
         let w: Vec<W> = values(n, 1).into_iter().map(&from).collect();
+        let ws: Vec<Vec<W>> = (0..4)
+            .map(|r| values(n, 20 + r).into_iter().map(&from).collect())
+            .collect();
         let xs: Vec<Vec<f32>> = (0..4).map(|t| values(n, 10 + t)).collect();
         let scale = |t: usize| {
             w.iter()
@@ -70,6 +73,16 @@ fn check_float<W: VecDot<Act = f32> + Copy>(
                 let want = W::dot_tile(Isa::SCALAR, &w, [$(xs[$t].as_slice()),*]);
                 for t in 0..got.len() {
                     assert_close(got[t], want[t], scale(t), FLOAT_DOT_REL, &format!("{name} n={n} token {t}/{}", got.len()));
+                }
+                // The four-row tile against the scalar kernel row by row.
+                let rows = [ws[0].as_slice(), ws[1].as_slice(), ws[2].as_slice(), ws[3].as_slice()];
+                let got = W::dot_rows(isa, rows, [$(xs[$t].as_slice()),*]);
+                for (r, got) in got.iter().enumerate() {
+                    let want = W::dot_tile(Isa::SCALAR, rows[r], [$(xs[$t].as_slice()),*]);
+                    for t in 0..got.len() {
+                        let scale: f32 = rows[r].iter().zip(&xs[t]).map(|(&a, b)| (to(a) * b).abs()).sum();
+                        assert_close(got[t], want[t], scale, FLOAT_DOT_REL, &format!("{name} rows n={n} row {r} token {t}/{}", got.len()));
+                    }
                 }
             }};
         }

@@ -323,3 +323,59 @@ pub unsafe fn dot_f32_rows<const N: usize>(w: [&[f32]; 4], a: [&[f32]; N]) -> [[
     }
     acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)))
 }
+
+/// `acc[t][c] += Σ_j p[j][t] · w[j][c]`: AVX2's register-tiled kernel at twice the width and
+/// two 16-column strips per pass, so each broadcast weight feeds two multiply-adds; the last
+/// columns through a lane mask.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn weighted_rows<const N: usize>(acc: &mut [f32], p: &[f32], w: &[f32], stride: usize) {
+    let cols = acc.len() / N;
+    let rows = p.len() / N;
+    assert!(
+        rows == 0 || w.len() >= (rows - 1) * stride + cols,
+        "weighted_rows matrix length"
+    );
+    let (a, wp, pp) = (acc.as_mut_ptr(), w.as_ptr(), p.as_ptr());
+    let mut c = 0;
+    while c + 32 <= cols {
+        // SAFETY (this loop): c + 32 ≤ cols, so every access is inside `acc`, `w` (asserted
+        // above) and `p` (j < rows).
+        let mut s0: [__m512; N] = std::array::from_fn(|t| _mm512_loadu_ps(a.add(t * cols + c)));
+        let mut s1: [__m512; N] =
+            std::array::from_fn(|t| _mm512_loadu_ps(a.add(t * cols + c + 16)));
+        for j in 0..rows {
+            let r0 = _mm512_loadu_ps(wp.add(j * stride + c));
+            let r1 = _mm512_loadu_ps(wp.add(j * stride + c + 16));
+            for t in 0..N {
+                let pt = _mm512_set1_ps(*pp.add(j * N + t));
+                s0[t] = _mm512_fmadd_ps(pt, r0, s0[t]);
+                s1[t] = _mm512_fmadd_ps(pt, r1, s1[t]);
+            }
+        }
+        for t in 0..N {
+            _mm512_storeu_ps(a.add(t * cols + c), s0[t]);
+            _mm512_storeu_ps(a.add(t * cols + c + 16), s1[t]);
+        }
+        c += 32;
+    }
+    while c < cols {
+        let k: __mmask16 = if cols - c >= 16 {
+            !0
+        } else {
+            (1 << (cols - c)) - 1
+        };
+        // SAFETY: the mask covers only columns below cols.
+        let mut s: [__m512; N] =
+            std::array::from_fn(|t| _mm512_maskz_loadu_ps(k, a.add(t * cols + c)));
+        for j in 0..rows {
+            let r = _mm512_maskz_loadu_ps(k, wp.add(j * stride + c));
+            for (t, st) in s.iter_mut().enumerate() {
+                *st = _mm512_fmadd_ps(_mm512_set1_ps(*pp.add(j * N + t)), r, *st);
+            }
+        }
+        for (t, st) in s.iter().enumerate() {
+            _mm512_mask_storeu_ps(a.add(t * cols + c), k, *st);
+        }
+        c += 16;
+    }
+}

@@ -33,7 +33,7 @@ pub(crate) enum IsaKind {
     Avx2,
     /// AVX2's features plus AVX-512 F/BW/VNNI (Ice Lake, Sapphire Rapids, Zen 4 and later):
     /// the block-quantized kernels (Q8_0, Q4_0, Q5_0, Q4_K, Q6_K) on sixteen interleaved rows
-    /// and the f32 dot product; the other float kernels are AVX2's.
+    /// and the f32 kernels of attention; the bf16/f16 weight kernels are AVX2's.
     Avx512Vnni,
 }
 
@@ -181,9 +181,10 @@ pub fn weighted_rows<const N: usize>(
     match isa.0 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
-        IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe {
-            avx2::weighted_rows::<N>(acc, p, w, stride)
-        },
+        IsaKind::Avx2 => unsafe { avx2::weighted_rows::<N>(acc, p, w, stride) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx512Vnni` is detected only with AVX-512 F (and AVX2, FMA).
+        IsaKind::Avx512Vnni => unsafe { avx512::weighted_rows::<N>(acc, p, w, stride) },
         _ => scalar::weighted_rows::<N>(acc, p, w, stride),
     }
 }

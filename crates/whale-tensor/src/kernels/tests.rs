@@ -400,7 +400,14 @@ fn axpy_matches_scalar() {
 #[test]
 fn weighted_rows_match_scalar() {
     fn check<const N: usize>() {
-        for (rows, cols, stride) in [(1, 1, 1), (5, 8, 8), (64, 13, 20), (33, 512, 576)] {
+        for (rows, cols, stride) in [
+            (1, 1, 1),
+            (5, 8, 8),
+            (64, 13, 20),
+            (7, 45, 50),
+            (3, 100, 100),
+            (33, 512, 576),
+        ] {
             let p = values(rows * N, 13);
             let w = values(rows * stride, 14);
             let start = values(N * cols, 15);

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use whale_model::sampling::{argmax, log_softmax};
-use whale_model::{LoadOptions, Logits, MlaImpl, Model};
+use whale_model::{CacheType, LoadOptions, Logits, MlaImpl, Model};
 use whale_tensor::QuantType;
 use whale_tokenizer::Tokenizer;
 
@@ -62,17 +62,18 @@ fn quantized_paths_agree_with_f32_on_real_text() {
         "excerpt too short: {} tokens",
         ids.len()
     );
-    let load = |quant| {
+    let load = |quant, cache| {
         Model::load_with(
             &dir,
             &LoadOptions {
                 mla: MlaImpl::Absorbed,
                 quant: Some(quant),
+                cache,
             },
         )
         .unwrap()
     };
-    let reference = logits(&load(QuantType::F32), &windows);
+    let reference = logits(&load(QuantType::F32, CacheType::F32), &windows);
     // (type, least top-1 agreement, most mean KL). Measured 2026-11-28 on 1,728 positions:
     // q8_0 98.44% / 0.00112, q6_k 97.05% / 0.00293, q4_k 92.01% / 0.00881, q4_0 91.61% /
     // 0.01086 (identical with the AVX2, AVX-512 and scalar kernels: integer sums are exact).
@@ -83,7 +84,7 @@ fn quantized_paths_agree_with_f32_on_real_text() {
         (QuantType::Q4_0, 0.905, 0.0145),
     ];
     for (q, min_top1, max_kl) in bounds {
-        let (top1, kl) = compare(&reference, &logits(&load(q), &windows));
+        let (top1, kl) = compare(&reference, &logits(&load(q, CacheType::F32), &windows));
         println!(
             "{q}: top-1 agreement {:.2}%, mean KL {kl:.5} over {} positions",
             100.0 * top1,
@@ -91,5 +92,43 @@ fn quantized_paths_agree_with_f32_on_real_text() {
         );
         assert!(top1 >= min_top1, "{q}: top-1 agreement {top1} < {min_top1}");
         assert!(kl <= max_kl, "{q}: mean KL {kl} > {max_kl}");
+    }
+}
+
+/// The latent cache stored as bf16 or Q8_0, weights f32: the same comparison. Bounds just under
+/// what was measured (printed with `--nocapture`; in bench/RESULTS.md).
+#[test]
+fn compact_latent_caches_agree_with_f32_on_real_text() {
+    let dir = root().join("models/whale-tiny");
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let text = std::fs::read_to_string(root().join("fixtures/bundled/excerpt.txt")).unwrap();
+    let ids = tok.encode(&text, false).unwrap();
+    let windows: Vec<Vec<u32>> = ids.chunks_exact(WINDOW).map(<[u32]>::to_vec).collect();
+    let load = |cache| {
+        let opts = LoadOptions {
+            mla: MlaImpl::Auto,
+            quant: None,
+            cache,
+        };
+        Model::load_with(&dir, &opts).unwrap()
+    };
+    let reference = logits(&load(CacheType::F32), &windows);
+    // Measured 2026-11-28 on 1,728 positions: bf16 99.71% / 0.000449, q8_0 99.13% / 0.000525
+    // (AVX-512 kernels; the bounds leave room for the AVX2 and scalar summation orders).
+    for (ty, min_top1, max_kl) in [
+        (CacheType::Bf16, 0.994, 0.0006),
+        (CacheType::Q8_0, 0.985, 0.0007),
+    ] {
+        let (top1, kl) = compare(&reference, &logits(&load(ty), &windows));
+        println!(
+            "{ty} cache: top-1 agreement {:.2}%, mean KL {kl:.6} over {} positions",
+            100.0 * top1,
+            reference.len()
+        );
+        assert!(
+            top1 >= min_top1,
+            "{ty}: top-1 agreement {top1} < {min_top1}"
+        );
+        assert!(kl <= max_kl, "{ty}: mean KL {kl} > {max_kl}");
     }
 }

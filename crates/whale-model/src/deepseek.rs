@@ -10,9 +10,9 @@ use std::path::Path;
 
 use rayon::prelude::*;
 use whale_tensor::ops::{axpy, rms_norm_rows, sigmoid, softmax, swiglu};
-use whale_tensor::{matmul, matmul_f32, weighted_rows, Weight};
+use whale_tensor::{matmul, matmul_rows, weighted_rows, Rows, Weight};
 
-use crate::cache::LatentCache;
+use crate::cache::{CacheType, LatentCache};
 use crate::checkpoint::{Checkpoint, TensorSource, WeightLoader};
 use crate::config::{Config, ScoringFunc, TopkMethod};
 use crate::error::{ModelError, Result};
@@ -196,6 +196,8 @@ pub struct LoadOptions {
     pub mla: MlaImpl,
     /// Re-encode every projection (not the router, which stays f32) to this type.
     pub quant: Option<whale_tensor::QuantType>,
+    /// How [`Model::new_cache`] stores the latent cache.
+    pub cache: CacheType,
 }
 
 /// Which positions of a step need logits.
@@ -208,6 +210,8 @@ pub enum Logits {
 pub struct Model {
     pub config: Config,
     pub mla: MlaImpl,
+    /// How new latent caches store their rows.
+    pub cache_type: CacheType,
     embed: Weight,
     layers: Vec<Block>,
     norm: Vec<f32>,
@@ -221,7 +225,14 @@ pub struct Model {
 impl Model {
     /// Loads a model folder (`config.json` and safetensors weights) or a GGUF file.
     pub fn load(path: &Path, mla: MlaImpl) -> Result<Model> {
-        Model::load_with(path, &LoadOptions { mla, quant: None })
+        Model::load_with(
+            path,
+            &LoadOptions {
+                mla,
+                quant: None,
+                cache: CacheType::F32,
+            },
+        )
     }
 
     /// [`Model::load`] with a `--quant` re-encoding. A path that is a file (or is named
@@ -353,6 +364,7 @@ impl Model {
             norm,
             head,
             mla,
+            cache_type: opts.cache,
             ignored_tensors,
             config,
         })
@@ -401,9 +413,10 @@ impl Model {
         bytes
     }
 
-    /// A fresh latent cache holding up to `capacity` positions.
+    /// A fresh latent cache holding up to `capacity` positions, stored as loaded
+    /// ([`LoadOptions::cache`]).
     pub fn new_cache(&self, capacity: usize) -> LatentCache {
-        LatentCache::new(&self.config, capacity)
+        LatentCache::with_type(&self.config, capacity, self.cache_type)
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their latents to the cache and
@@ -570,7 +583,7 @@ impl Model {
     /// Naive MLA: decompress per-head keys and values from every cached latent, then per head
     /// one matmul for the scores and one weighted sum of the values.
     /// `q`: [s, h, n + r] of one sequence at positions `p0..`; `out`: [s, h, v].
-    fn attend_naive(&self, a: &Mla, q: &[f32], cached: &[f32], p0: usize, out: &mut [f32]) {
+    fn attend_naive(&self, a: &Mla, q: &[f32], cached: Rows, p0: usize, out: &mut [f32]) {
         let c = &self.config;
         let MlaDims {
             h,
@@ -581,8 +594,20 @@ impl Model {
             qk,
             ld,
         } = MlaDims::of(c);
-        let total = cached.len() / ld; // T
         let n = q.len() / (h * qk); // query tokens
+        let total = p0 + n; // T
+        let decoded;
+        let cached = match cached.as_f32() {
+            Some(rows) => rows,
+            None => {
+                decoded = {
+                    let mut v = vec![0.0f32; total * ld];
+                    cached.decode(0, total, ld, &mut v);
+                    v
+                };
+                &decoded[..]
+            }
+        };
         let latents: Vec<f32> = cached
             .chunks_exact(ld)
             .flat_map(|r| &r[..cd])
@@ -613,7 +638,8 @@ impl Model {
                         .copied()
                         .collect();
                     let mut probs = vec![0.0f32; (s1 - s0) * visible_all];
-                    matmul_f32(&mut probs, &qh, &keys, visible_all, qk, s1 - s0);
+                    let keys = Rows::f32(&keys, qk);
+                    matmul_rows(&mut probs, &qh, keys, visible_all, qk, s1 - s0);
                     for (i, p) in probs.chunks_exact_mut(visible_all).enumerate() {
                         let visible = p0 + s0 + i + 1; // causal: keys 0..=p0+s
                         let (p, masked) = p.split_at_mut(visible);
@@ -624,7 +650,8 @@ impl Model {
                         masked.fill(0.0);
                     }
                     let o = &mut o[s0 * vd..s1 * vd];
-                    weighted_rows(o, &probs, values, visible_all, vd, h * (nd + vd));
+                    let values = Rows::f32(values, h * (nd + vd));
+                    weighted_rows(o, &probs, values, visible_all, vd);
                 }
                 o
             })
@@ -639,7 +666,7 @@ impl Model {
     /// key width c + r and value width c), then `W_UV` maps the result back per head.
     /// All heads and query tokens share one pass over the cache for the scores and one for the
     /// weighted latents, so each cached row is read twice per step, not twice per head.
-    fn attend_absorbed(&self, a: &Mla, q: &[f32], cached: &[f32], p0: usize, out: &mut [f32]) {
+    fn attend_absorbed(&self, a: &Mla, q: &[f32], cached: Rows, p0: usize, out: &mut [f32]) {
         let c = &self.config;
         let MlaDims {
             h,
@@ -659,7 +686,7 @@ impl Model {
                                     // under the causal mask, each block scores only the rows its last token can see (in a
                                     // 512-token prefill, about half the score work of one block; 32 tokens × h heads are
                                     // still enough query rows for the matmul's tiles).
-        let block = ((4 << 20) / (h * cached.len() / ld).max(1)).clamp(1, 32);
+        let block = ((4 << 20) / (h * (p0 + n)).max(1)).clamp(1, 32);
         for s0 in (0..n).step_by(block) {
             let s1 = (s0 + block).min(n);
             let ns = s1 - s0;
@@ -686,7 +713,7 @@ impl Model {
                 q_l[cd..].copy_from_slice(&q[((s0 + s) * h + head) * qk + nd..][..ld - cd]);
             }
             let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
-            matmul_f32(&mut probs, &q_lat, cached, total, ld, rows);
+            matmul_rows(&mut probs, &q_lat, cached, total, ld, rows);
             probs
                 .par_chunks_mut(total)
                 .enumerate()
@@ -700,7 +727,7 @@ impl Model {
                     masked.fill(0.0);
                 });
             let mut o_lat = vec![0.0f32; rows * cd]; // Σ p·c_KV: [s·h, c]
-            weighted_rows(&mut o_lat, &probs, cached, total, cd, ld);
+            weighted_rows(&mut o_lat, &probs, cached, total, cd);
             // Back to each head's values, [s, h, v]: one matmul per head.
             let per_head: Vec<Vec<f32>> = (0..h)
                 .into_par_iter()

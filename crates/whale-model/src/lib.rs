@@ -11,7 +11,7 @@ pub mod params;
 pub mod rope;
 pub mod sampling;
 
-pub use cache::LatentCache;
+pub use cache::{CacheType, LatentCache};
 pub use config::Config;
 pub use deepseek::{LoadOptions, Logits, MlaImpl, Model, Step};
 pub use error::{ModelError, Result};

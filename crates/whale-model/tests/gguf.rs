@@ -49,7 +49,11 @@ fn logits(model: &Model, ids: &[u32]) -> Vec<f32> {
 }
 
 fn opts(mla: MlaImpl, quant: Option<QuantType>) -> LoadOptions {
-    LoadOptions { mla, quant }
+    LoadOptions {
+        mla,
+        quant,
+        cache: whale_model::CacheType::F32,
+    }
 }
 
 fn load(path: &Path, o: LoadOptions) -> Model {

@@ -11,13 +11,15 @@ pub mod kernels;
 mod matmul;
 pub mod ops;
 pub mod quant;
+pub mod rows;
 pub mod threads;
 pub mod weight;
 
 pub use dtype::DType;
 pub use error::TensorError;
 pub use kernels::Isa;
-pub use matmul::{matmul, matmul_f32, matmul_with, weighted_rows};
+pub use matmul::{matmul, matmul_rows, matmul_with, weighted_rows};
 pub use quant::QuantType;
+pub use rows::{RowData, Rows};
 pub use threads::set_threads;
 pub use weight::{Weight, WeightData};

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{self, Isa, VecDot};
 use crate::quant::{Act, ActBlock, GgmlType, Interleaved, ROWS};
+use crate::rows::Rows;
 use crate::threads;
 use crate::weight::{Weight, WeightData};
 
@@ -67,31 +68,54 @@ pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: u
     }
 }
 
-/// `out[t, rows] = x[t, cols] · wᵀ` for a borrowed row-major f32 matrix `w` of `rows` rows of
-/// `stride ≥ cols` values (the first `cols` used), e.g. an attention cache: each row of `w` is
-/// read once for all `n_tokens` rows of `x`, tiled and threaded as [`matmul`].
-pub fn matmul_f32(
-    out: &mut [f32],
-    x: &[f32],
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    n_tokens: usize,
-) {
-    assert_eq!(x.len(), n_tokens * cols, "matmul_f32 input length");
-    assert_eq!(out.len(), n_tokens * rows, "matmul_f32 output length");
-    assert!(w.len() >= rows * cols, "matmul_f32 matrix length");
+/// `out[t, rows] = x[t, cols] · wᵀ` for the first `rows` rows of a borrowed matrix (e.g. an
+/// attention cache, each row's first `cols` values): each row of `w` is read once for all
+/// `n_tokens` rows of `x`, tiled and threaded as [`matmul`]. Rows stored as bf16 or Q8_0 are
+/// decoded `ROW_BLOCK` at a time into an f32 block that stays in cache while it is used.
+pub fn matmul_rows(out: &mut [f32], x: &[f32], w: Rows, rows: usize, cols: usize, n_tokens: usize) {
+    assert_eq!(x.len(), n_tokens * cols, "matmul_rows input length");
+    assert_eq!(out.len(), n_tokens * rows, "matmul_rows output length");
+    assert!(w.holds(rows, cols), "matmul_rows matrix length");
     if n_tokens == 0 || rows == 0 {
         return;
     }
     threads::threads();
-    let shape = Shape {
-        rows,
-        cols,
-        n_tokens,
-    };
-    tiled(Isa::detect(), shape, &w[..rows * cols], x, out);
+    let isa = Isa::detect();
+    if let (Some(v), true) = (w.as_f32(), cols == w.width) {
+        let shape = Shape {
+            rows,
+            cols,
+            n_tokens,
+        };
+        return tiled(isa, shape, &v[..rows * cols], x, out);
+    }
+    let parts: Vec<Vec<f32>> = (0..rows)
+        .into_par_iter()
+        .step_by(ROW_BLOCK)
+        .map(|j0| {
+            let j1 = (j0 + ROW_BLOCK).min(rows);
+            let mut block = vec![0.0f32; (j1 - j0) * cols];
+            w.decode(j0, j1, cols, &mut block);
+            let mut part = vec![0.0f32; n_tokens * (j1 - j0)];
+            let shape = Shape {
+                rows: j1 - j0,
+                cols,
+                n_tokens,
+            };
+            tiled(isa, shape, &block, x, &mut part);
+            part
+        })
+        .collect();
+    for (b, part) in parts.iter().enumerate() {
+        let (j0, n) = (b * ROW_BLOCK, part.len() / n_tokens);
+        for (t, p) in part.chunks_exact(n).enumerate() {
+            out[t * rows + j0..][..n].copy_from_slice(p);
+        }
+    }
 }
+
+/// Rows of a borrowed matrix decoded (or borrowed, when f32) a block at a time.
+const ROW_BLOCK: usize = 64;
 
 /// `out[t, :cols] = Σ_j p[t, j] · w[j, :cols]` for `t < n` (`p`: `[n, rows]`, `w`: `rows` rows
 /// of `stride` values): probability-weighted sums of matrix rows, as attention sums values.
@@ -99,34 +123,33 @@ pub fn matmul_f32(
 /// token's heads, whose sums fit in L2) the rows are split across threads and the partial sums
 /// added at the end; with many, each task owns eight `t` and skips the rows after their last
 /// nonzero weight (masked positions).
-pub fn weighted_rows(
-    out: &mut [f32],
-    p: &[f32],
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    stride: usize,
-) {
+pub fn weighted_rows(out: &mut [f32], p: &[f32], w: Rows, rows: usize, cols: usize) {
     let n = p.len() / rows.max(1);
     assert_eq!(out.len(), n * cols, "weighted_rows output length");
-    assert!(
-        rows == 0 || w.len() >= (rows - 1) * stride + cols,
-        "weighted_rows matrix length"
-    );
+    assert!(w.holds(rows, cols), "weighted_rows matrix length");
     if rows == 0 || cols == 0 {
         out.fill(0.0);
         return;
     }
-    // Rows in blocks that stay in L2 while every 8-column strip of the sums passes over them;
-    // the block's weights transposed to [row, t] so each row's N weights sit together.
-    const ROW_BLOCK: usize = 64;
+    // Rows in blocks (ROW_BLOCK) that stay in L2 while every 8-column strip of the sums passes
+    // over them; the block's weights transposed to [row, t] so each row's N weights sit
+    // together. Rows not stored as f32 are decoded a block at a time.
     let isa = Isa::detect();
     // Sums for t in ts over rows js, added into acc ([ts.len(), cols]): each block of rows
     // is read once for all of ts, eight sums at a time.
     let accumulate = |acc: &mut [f32], ts: std::ops::Range<usize>, js: std::ops::Range<usize>| {
         let mut pt = Vec::with_capacity(ROW_BLOCK * 8);
+        let mut decoded = Vec::new();
         for jb in js.clone().step_by(ROW_BLOCK) {
             let je = (jb + ROW_BLOCK).min(js.end);
+            let (wb, stride) = match w.as_f32() {
+                Some(v) => (&v[jb * w.width..], w.width),
+                None => {
+                    decoded.resize((je - jb) * cols, 0.0);
+                    w.decode(jb, je, cols, &mut decoded);
+                    (&decoded[..], cols)
+                }
+            };
             for g0 in ts.clone().step_by(8) {
                 let m = 8.min(ts.end - g0);
                 pt.clear();
@@ -134,7 +157,6 @@ pub fn weighted_rows(
                     pt.extend((g0..g0 + m).map(|t| p[t * rows + j]));
                 }
                 let a = &mut acc[(g0 - ts.start) * cols..(g0 - ts.start + m) * cols];
-                let wb = &w[jb * stride..];
                 match m {
                     1 => kernels::weighted_rows::<1>(isa, a, &pt, wb, stride),
                     2 => kernels::weighted_rows::<2>(isa, a, &pt, wb, stride),
@@ -402,7 +424,8 @@ fn decoded(isa: Isa, s: Shape, w: &Weight, x: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::QuantType;
+    use crate::quant::{BlockQ8_0, QuantType};
+    use crate::rows::RowData;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
@@ -591,8 +614,19 @@ mod tests {
         }
     }
 
-    /// Both strategies (rows split across threads with the register-tiled kernel, and one task
-    /// per sum) against an f64 reference, at strides wider than the columns and odd sizes.
+    /// The cache's storage types for a matrix of `rows` rows of `width` values.
+    fn stored(values: &[f32], width: usize) -> (Vec<f32>, Vec<half::bf16>, Vec<BlockQ8_0>) {
+        let bf: Vec<half::bf16> = values.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let mut q8 = Vec::new();
+        for row in values.chunks(width) {
+            crate::rows::push_q8_0_row(&mut q8, row);
+        }
+        (values.to_vec(), bf, q8)
+    }
+
+    /// Both strategies (rows split across threads with the register-tiled kernel, and eight
+    /// sums per task) against an f64 reference, at strides wider than the columns and odd
+    /// sizes, for rows stored as f32, bf16 and Q8_0 (reference: the decoded values).
     #[test]
     fn weighted_rows_match_f64() {
         for &(n, rows, cols, stride) in &[
@@ -603,19 +637,47 @@ mod tests {
             (200, 130, 512, 576),
         ] {
             let p = values(n * rows, 10);
-            let w = values(rows * stride, 11);
-            let mut got = vec![f32::NAN; n * cols];
-            weighted_rows(&mut got, &p, &w, rows, cols, stride);
-            let want: Vec<f64> = (0..n * cols)
-                .map(|i| {
-                    let (t, c) = (i / cols, i % cols);
-                    (0..rows)
-                        .map(|j| p[t * rows + j] as f64 * w[j * stride + c] as f64)
-                        .sum()
-                })
-                .collect();
-            let err = relative_error(&got, &want);
-            assert!(err < 1e-5, "n={n} rows={rows} cols={cols}: {err}");
+            let (f, b, q) = stored(&values(rows * stride, 11), stride);
+            for data in [RowData::F32(&f), RowData::Bf16(&b), RowData::Q8_0(&q)] {
+                let w = Rows {
+                    data,
+                    width: stride,
+                };
+                let mut wd = vec![0.0f32; rows * cols];
+                w.decode(0, rows, cols, &mut wd);
+                let mut got = vec![f32::NAN; n * cols];
+                weighted_rows(&mut got, &p, w, rows, cols);
+                let want: Vec<f64> = (0..n * cols)
+                    .map(|i| {
+                        let (t, c) = (i / cols, i % cols);
+                        (0..rows)
+                            .map(|j| p[t * rows + j] as f64 * wd[j * cols + c] as f64)
+                            .sum()
+                    })
+                    .collect();
+                let err = relative_error(&got, &want);
+                assert!(err < 1e-5, "{data:?} n={n} rows={rows} cols={cols}: {err}");
+            }
+        }
+    }
+
+    /// Scores over a borrowed matrix in each storage type equal the f64 products with its
+    /// decoded values (whole rows, and the first columns of wider rows).
+    #[test]
+    fn matmul_rows_match_f64() {
+        for &(n, rows, cols, width) in &[(1, 1, 8, 8), (16, 300, 576, 576), (5, 70, 40, 80)] {
+            let x = values(n * cols, 12);
+            let (f, b, q) = stored(&values(rows * width, 13), width);
+            for data in [RowData::F32(&f), RowData::Bf16(&b), RowData::Q8_0(&q)] {
+                let w = Rows { data, width };
+                let mut wd = vec![0.0f32; rows * cols];
+                w.decode(0, rows, cols, &mut wd);
+                let want = f64_matmul(&x, &wd, n, rows, cols);
+                let mut got = vec![f32::NAN; n * rows];
+                matmul_rows(&mut got, &x, w, rows, cols, n);
+                let err = relative_error(&got, &want);
+                assert!(err < 1e-6, "{data:?} n={n} rows={rows} cols={cols}: {err}");
+            }
         }
     }
 

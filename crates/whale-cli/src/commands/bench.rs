@@ -109,6 +109,9 @@ pub fn run(args: Args) -> Result<()> {
     let prefill = args.prompt as f64 / start.elapsed().as_secs_f64();
 
     let bytes_per_token = model.weight_bytes_per_token() as f64;
+    // Latent cache bytes per cached position, all layers.
+    let kv_bytes =
+        model.config.num_hidden_layers * model.cache_type.row_bytes(model.config.latent_dim());
     let roofline = bandwidth / bytes_per_token;
     let mut decode = Vec::new();
     for &depth in &depths {
@@ -121,6 +124,8 @@ pub fn run(args: Args) -> Result<()> {
         "model": dir.display().to_string(),
         "quant": args.model.quant.map(|q| q.name()).unwrap_or("as stored"),
         "mla": format!("{:?}", args.model.mla),
+        "cache_type": model.cache_type.name(),
+        "kv_cache_bytes_per_token": kv_bytes,
         "threads": threads,
         "load_seconds": load_seconds,
         "weight_bytes": model.weight_bytes(),
@@ -144,6 +149,10 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "bytes/token     {:.1} MB → roofline {roofline:.1} tok/s",
         bytes_per_token / 1e6
+    );
+    println!(
+        "kv cache        {}, {kv_bytes} bytes/token (MLA {:?})",
+        model.cache_type, args.model.mla
     );
     println!(
         "prefill         {prefill:.1} tok/s ({} tokens)",

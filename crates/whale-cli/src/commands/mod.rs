@@ -38,6 +38,10 @@ pub struct ModelArgs {
     /// Compute threads (default: the machine's physical cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How the MLA latent cache stores each position: f32, bf16 (half the memory and the
+    /// bytes attention reads) or q8_0 (about a quarter).
+    #[arg(long, default_value = "f32")]
+    pub cache_type: whale_model::CacheType,
 }
 
 impl ModelArgs {
@@ -52,6 +56,7 @@ impl ModelArgs {
         let opts = whale_model::LoadOptions {
             mla: self.mla,
             quant: self.quant,
+            cache: self.cache_type,
         };
         let model = Model::load_with(&dir, &opts)?;
         Ok((model, dir))

@@ -23,6 +23,10 @@ const TILE: usize = 4;
 /// memory once, and the activations once per group rather than once per row.
 const ROW_GROUP: usize = 4;
 
+/// Rows of a borrowed matrix ([`Rows`]) taken a block at a time: decoded when not f32, and
+/// kept in L2 while the sums pass over them.
+const ROW_BLOCK: usize = 64;
+
 /// Multiply-adds below which splitting into tasks costs more than it saves.
 const MIN_PARALLEL_WORK: usize = 1 << 16;
 
@@ -114,11 +118,9 @@ pub fn matmul_rows(out: &mut [f32], x: &[f32], w: Rows, rows: usize, cols: usize
     }
 }
 
-/// Rows of a borrowed matrix decoded (or borrowed, when f32) a block at a time.
-const ROW_BLOCK: usize = 64;
-
-/// `out[t, :cols] = Σ_j p[t, j] · w[j, :cols]` for `t < n` (`p`: `[n, rows]`, `w`: `rows` rows
-/// of `stride` values): probability-weighted sums of matrix rows, as attention sums values.
+/// `out[t, :cols] = Σ_j p[t, j] · w[j, :cols]` for `t < n` (`p`: `[n, rows]`, `w`: at least
+/// `rows` rows, their first `cols` values used): probability-weighted sums of matrix rows, as
+/// attention sums values.
 /// Every row is read once per eight sums by a register-tiled kernel. With few `t` (decode: one
 /// token's heads, whose sums fit in L2) the rows are split across threads and the partial sums
 /// added at the end; with many, each task owns eight `t` and skips the rows after their last

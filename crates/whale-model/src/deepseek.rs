@@ -10,7 +10,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 use whale_tensor::ops::{axpy, rms_norm_rows, sigmoid, softmax, swiglu};
-use whale_tensor::{matmul, matmul_rows, weighted_rows, Rows, Weight};
+use whale_tensor::{matmul, matmul_rows, weighted_rows, Isa, QuantType, Rows, Weight, WeightData};
 
 use crate::cache::{CacheType, LatentCache};
 use crate::checkpoint::{Checkpoint, TensorSource, WeightLoader};
@@ -136,19 +136,40 @@ struct Absorbed {
 }
 
 impl Absorbed {
+    /// Float and FP8 `kv_b` stay f32 (exact: what the golden tests compare). A block-quantized one
+    /// (GGUF files, `--quant`) is re-encoded as Q8_0, whose rounding is far below the source
+    /// format's: decode reads these two halves for every token, and in f32 they were 5–8% of
+    /// a quantized model's bytes per token.
     fn new(kv_b: &Weight, h: usize, nd: usize, vd: usize) -> Absorbed {
         let dense = kv_b.to_f32(); // [h·(n + v), c]
         let cd = kv_b.cols;
+        let float = matches!(
+            kv_b.data,
+            WeightData::F32(_)
+                | WeightData::F16(_)
+                | WeightData::Bf16(_)
+                | WeightData::Fp8Block { .. }
+        );
+        let store = |rows: usize, cols: usize, values: Vec<f32>| {
+            let w = Weight::from_f32(rows, cols, values);
+            match float || !QuantType::Q8_0.fits(cols) {
+                true => w,
+                false => w
+                    .quantize(QuantType::Q8_0)
+                    .expect("rows are whole Q8_0 blocks (checked)")
+                    .for_isa(Isa::detect()),
+            }
+        };
         let head = |i: usize| &dense[i * (nd + vd) * cd..(i + 1) * (nd + vd) * cd];
         let uk_t = (0..h)
             .map(|i| {
                 let uk = &head(i)[..nd * cd]; // [n, c]
                 let t = (0..cd * nd).map(|k| uk[(k % nd) * cd + k / nd]).collect();
-                Weight::from_f32(cd, nd, t)
+                store(cd, nd, t)
             })
             .collect();
         let uv = (0..h)
-            .map(|i| Weight::from_f32(vd, cd, head(i)[nd * cd..].to_vec()))
+            .map(|i| store(vd, cd, head(i)[nd * cd..].to_vec()))
             .collect();
         Absorbed { uk_t, uv }
     }

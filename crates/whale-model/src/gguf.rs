@@ -25,7 +25,7 @@ use half::{bf16, f16};
 use serde_json::{json, Map, Value as Json};
 use whale_gguf::{GgmlType, GgufFile, TensorInfo, Value};
 use whale_tensor::dtype::bytes_to_f32;
-use whale_tensor::{DType, Weight, WeightData};
+use whale_tensor::{DType, QuantType, Weight, WeightData};
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
@@ -322,8 +322,10 @@ fn weight(t: &TensorInfo, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weig
 /// Inverts the converter's split of `kv_b_proj` (`[h·(n + v), c]`, per head `n` rows of `W_UK`
 /// then `v` rows of `W_UV`): `k_b` holds `W_UK[h]ᵀ` as `[h·c, n]`, `v_b` holds `W_UV[h]` as
 /// `[h·v, c]`. Float sources keep their dtype (the values are only moved, so the result is
-/// bit-identical to the original); block-quantized ones are decoded to `f32`, since `W_UK`'s
-/// rows cut across the blocks `k_b` was quantized in.
+/// bit-identical to the original). Block-quantized ones are decoded and re-encoded as Q8_0,
+/// since `W_UK`'s rows cut across the blocks `k_b` was quantized in: Q8_0's rounding is finer
+/// than any source block format's (the `W_UV` rows of a Q8_0 file come back bit-exact), and
+/// this keeps the layer's bytes per token a quarter of an f32 rebuild's.
 fn rebuild_kv_b(k_b: &Weight, v_b: &Weight, h: usize) -> Weight {
     let (c, n) = (k_b.rows / h, k_b.cols);
     let v = v_b.rows / h;
@@ -348,7 +350,14 @@ fn rebuild_kv_b(k_b: &Weight, v_b: &Weight, h: usize) -> Weight {
             c,
             WeightData::F16(out.into_iter().map(f16::from_f32).collect()),
         ),
-        _ => Weight::from_f32(rows, c, out),
+        (WeightData::F32(_), WeightData::F32(_)) => Weight::from_f32(rows, c, out),
+        _ => {
+            let w = Weight::from_f32(rows, c, out);
+            match QuantType::Q8_0.fits(c) {
+                true => w.quantize(QuantType::Q8_0).expect("fits (checked)"),
+                false => w,
+            }
+        }
     }
 }
 
@@ -786,5 +795,42 @@ mod tests {
             h,
         );
         assert_eq!(got.to_f32(), kv_b);
+    }
+
+    /// Block-quantized halves come back as Q8_0: the `W_UV` rows of a Q8_0 split bit-exact
+    /// (same blocks), the transposed `W_UK` rows within one more Q8_0 rounding.
+    #[test]
+    fn quantized_kv_b_split_is_rebuilt_as_q8_0() {
+        let (h, n, v, c) = (2, 32, 32, 64);
+        let value = |i: usize| ((i * 7919 % 1000) as f32 - 500.0) / 250.0;
+        let q8 = |rows: usize, cols: usize, off: usize| {
+            Weight::from_f32(
+                rows,
+                cols,
+                (0..rows * cols).map(|i| value(i + off)).collect(),
+            )
+            .quantize(QuantType::Q8_0)
+            .unwrap()
+        };
+        let (k_b, v_b) = (q8(h * c, n, 0), q8(h * v, c, 1 << 20));
+        let got = rebuild_kv_b(&k_b, &v_b, h);
+        assert_eq!(got.storage_name(), "q8_0");
+        let (k, vv, kv) = (k_b.to_f32(), v_b.to_f32(), got.to_f32());
+        for hd in 0..h {
+            for i in 0..v {
+                let row = &kv[(hd * (n + v) + n + i) * c..][..c];
+                assert_eq!(row, &vv[(hd * v + i) * c..][..c]);
+            }
+            for i in 0..n {
+                for j in 0..c {
+                    let (want, got) = (k[(hd * c + j) * n + i], kv[(hd * (n + v) + i) * c + j]);
+                    // Q8_0 rounds to half a step of amax / 127 (amax ≤ 2 here).
+                    assert!(
+                        (want - got).abs() <= 2.0 / 127.0 / 2.0 + 1e-6,
+                        "{want} {got}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -187,33 +187,39 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
         let mut sumi = [_mm512_setzero_si512(); N];
         // Lines 4s..4s + 4 of each quarter: sub-blocks s, s + 4, s + 8, s + 12.
         for s in 0..4 {
-            let load = |p: *const u8, line: usize| _mm512_loadu_si512(p.add(64 * line).cast());
-            let ql0: [__m512i; 4] = std::array::from_fn(|k| load(wb.ql.as_ptr(), 4 * s + k));
-            let ql1: [__m512i; 4] = std::array::from_fn(|k| load(wb.ql.as_ptr(), 16 + 4 * s + k));
-            let qh: [__m512i; 4] = std::array::from_fn(|k| load(wb.qh.as_ptr(), 4 * s + k));
-            let lines: [[__m512i; 4]; 4] = std::array::from_fn(|i| {
-                std::array::from_fn(|k| {
-                    let low = match i {
-                        0 => _mm512_and_si512(ql0[k], m4),
-                        1 => _mm512_and_si512(ql1[k], m4),
-                        2 => _mm512_and_si512(_mm512_srli_epi16(ql0[k], 4), m4),
-                        _ => _mm512_and_si512(_mm512_srli_epi16(ql1[k], 4), m4),
-                    };
-                    // Bits 2i, 2i + 1 of the high byte, moved to bits 4, 5.
-                    let high = match i {
-                        0 => _mm512_slli_epi16(qh[k], 4),
-                        1 => _mm512_slli_epi16(qh[k], 2),
-                        2 => qh[k],
-                        _ => _mm512_srli_epi16(qh[k], 2),
-                    };
-                    _mm512_or_si512(low, _mm512_and_si512(high, m30))
-                })
-            });
-            let sc: [__m512i; 4] = std::array::from_fn(|i| {
-                _mm512_cvtepi8_epi32(_mm_loadu_si128(
-                    wb.scales.as_ptr().add(16 * (s + 4 * i)).cast(),
-                ))
-            });
+            // Plain loops, not closures: a closure does not inherit this function's target
+            // features, and LLVM left the decoding out of line (3% of Q4_0 decode).
+            let mut lines = [[_mm512_setzero_si512(); 4]; 4];
+            #[allow(clippy::needless_range_loop)] // k is also the line offset
+            for k in 0..4 {
+                let ql0 = _mm512_loadu_si512(wb.ql.as_ptr().add(64 * (4 * s + k)).cast());
+                let ql1 = _mm512_loadu_si512(wb.ql.as_ptr().add(64 * (16 + 4 * s + k)).cast());
+                let qh = _mm512_loadu_si512(wb.qh.as_ptr().add(64 * (4 * s + k)).cast());
+                // Low nibbles, and bits 2i, 2i + 1 of the high byte moved to bits 4, 5.
+                let high = [
+                    _mm512_slli_epi16(qh, 4),
+                    _mm512_slli_epi16(qh, 2),
+                    qh,
+                    _mm512_srli_epi16(qh, 2),
+                ];
+                let low = [
+                    ql0,
+                    ql1,
+                    _mm512_srli_epi16(ql0, 4),
+                    _mm512_srli_epi16(ql1, 4),
+                ];
+                for i in 0..4 {
+                    lines[i][k] = _mm512_or_si512(
+                        _mm512_and_si512(low[i], m4),
+                        _mm512_and_si512(high[i], m30),
+                    );
+                }
+            }
+            let mut sc = [_mm512_setzero_si512(); 4];
+            for (i, sc) in sc.iter_mut().enumerate() {
+                let p = wb.scales.as_ptr().add(16 * (s + 4 * i));
+                *sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()));
+            }
             for t in 0..N {
                 // SAFETY: b < a[t].len() (checked above); 16g + 16 ≤ 256.
                 let ab = a[t].get_unchecked(b);

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{self, Isa, VecDot};
 use crate::quant::{Act, ActBlock, GgmlType, Interleaved, ROWS};
-use crate::rows::Rows;
+use crate::rows::{RowData, Rows};
 use crate::threads;
 use crate::weight::{Weight, WeightData};
 
@@ -74,8 +74,9 @@ pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: u
 
 /// `out[t, rows] = x[t, cols] · wᵀ` for the first `rows` rows of a borrowed matrix (e.g. an
 /// attention cache, each row's first `cols` values): each row of `w` is read once for all
-/// `n_tokens` rows of `x`, tiled and threaded as [`matmul`]. Rows stored as bf16 or Q8_0 are
-/// decoded `ROW_BLOCK` at a time into an f32 block that stays in cache while it is used.
+/// `n_tokens` rows of `x`, tiled and threaded as [`matmul`]. Whole Q8_0 rows are scored with
+/// integer dot products against the queries quantized to Q8_0; other rows not stored as f32
+/// are decoded `ROW_BLOCK` at a time into an f32 block that stays in cache while it is used.
 pub fn matmul_rows(out: &mut [f32], x: &[f32], w: Rows, rows: usize, cols: usize, n_tokens: usize) {
     assert_eq!(x.len(), n_tokens * cols, "matmul_rows input length");
     assert_eq!(out.len(), n_tokens * rows, "matmul_rows output length");
@@ -92,6 +93,21 @@ pub fn matmul_rows(out: &mut [f32], x: &[f32], w: Rows, rows: usize, cols: usize
             n_tokens,
         };
         return tiled(isa, shape, &v[..rows * cols], x, out);
+    }
+    if let (RowData::Q8_0(v), true) = (w.data, cols == w.width) {
+        // Whole Q8_0 rows: the queries quantized once and integer dot products, as llama.cpp
+        // scores a q8_0 cache (the rows' zero padding meets zero-padded queries).
+        let padded = cols.div_ceil(32) * 32;
+        let mut xp = vec![0.0f32; n_tokens * padded];
+        for (d, s) in xp.chunks_exact_mut(padded).zip(x.chunks_exact(cols)) {
+            d[..cols].copy_from_slice(s);
+        }
+        let shape = Shape {
+            rows,
+            cols: padded,
+            n_tokens,
+        };
+        return quantized(isa, shape, &v[..rows * padded / 32], &xp, out);
     }
     let parts: Vec<Vec<f32>> = (0..rows)
         .into_par_iter()
@@ -427,7 +443,6 @@ fn decoded(isa: Isa, s: Shape, w: &Weight, x: &[f32], out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::quant::{BlockQ8_0, QuantType};
-    use crate::rows::RowData;
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).wrapping_add(12345);
@@ -664,10 +679,15 @@ mod tests {
     }
 
     /// Scores over a borrowed matrix in each storage type equal the f64 products with its
-    /// decoded values (whole rows, and the first columns of wider rows).
+    /// decoded values (whole rows, padded Q8_0 rows, and the first columns of wider rows).
     #[test]
     fn matmul_rows_match_f64() {
-        for &(n, rows, cols, width) in &[(1, 1, 8, 8), (16, 300, 576, 576), (5, 70, 40, 80)] {
+        for &(n, rows, cols, width) in &[
+            (1, 1, 8, 8),
+            (16, 300, 576, 576),
+            (5, 70, 40, 80),
+            (3, 33, 80, 80),
+        ] {
             let x = values(n * cols, 12);
             let (f, b, q) = stored(&values(rows * width, 13), width);
             for data in [RowData::F32(&f), RowData::Bf16(&b), RowData::Q8_0(&q)] {
@@ -677,6 +697,31 @@ mod tests {
                 let want = f64_matmul(&x, &wd, n, rows, cols);
                 let mut got = vec![f32::NAN; n * rows];
                 matmul_rows(&mut got, &x, w, rows, cols, n);
+                if let (RowData::Q8_0(_), true) = (data, cols == width) {
+                    // Whole Q8_0 rows are scored against Q8_0-quantized queries: each query
+                    // value moves by at most half a step (block amax / 127) plus its f16
+                    // scale's rounding (2⁻¹¹ relative), so each score by at most Σ |w| times
+                    // that; nothing else is approximate.
+                    for t in 0..n {
+                        let xt = &x[t * cols..][..cols];
+                        for r in 0..rows {
+                            let wr = &wd[r * cols..][..cols];
+                            let bound: f64 = (0..cols)
+                                .map(|j| {
+                                    let block = &xt[j / 32 * 32..(j / 32 * 32 + 32).min(cols)];
+                                    let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                                    let dx = amax / 127.0 * 0.5 + xt[j].abs() / 2048.0;
+                                    (wr[j].abs() * dx) as f64
+                                })
+                                .sum::<f64>()
+                                * 1.001
+                                + 1e-6;
+                            let diff = (got[t * rows + r] as f64 - want[t * rows + r]).abs();
+                            assert!(diff <= bound, "q8_0 rows t={t} r={r}: {diff} > {bound}");
+                        }
+                    }
+                    continue;
+                }
                 let err = relative_error(&got, &want);
                 assert!(err < 1e-6, "{data:?} n={n} rows={rows} cols={cols}: {err}");
             }

@@ -171,6 +171,33 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in:\n{text}"))
 }
 
+/// With a q8_0 latent cache the prefix cache still serves hits: blocks are exported as f32
+/// and re-encoded on import to the same blocks, so a hit continues as a direct run does.
+#[tokio::test(flavor = "multi_thread")]
+async fn q8_0_cache_works_with_the_prefix_cache() {
+    let dir = tiny_model(false);
+    let load = || {
+        let opts = whale_model::LoadOptions {
+            mla: whale_model::MlaImpl::Absorbed,
+            quant: None,
+            cache: whale_model::CacheType::Q8_0,
+        };
+        whale_model::Model::load_with(dir.path(), &opts).unwrap()
+    };
+    let p = prompt(200, 5);
+    let want = greedy_reference(&load(), &p, 5);
+    let server = whale_server::Server::start(load(), dir.path(), &opts()).unwrap();
+    let app = server.app();
+    let body = json!({"prompt": p, "max_tokens": 5, "temperature": 0});
+    for cached in [0, 192] {
+        let r = call(&app, "POST", "/v1/completions", Some(&body), None)
+            .await
+            .json();
+        assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], cached);
+        assert_eq!(ids(&r["choices"][0]["token_ids"]), want, "cached {cached}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_prompt_reuses_the_cached_prefix() {
     let dir = tiny_model(false);

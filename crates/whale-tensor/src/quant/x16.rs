@@ -89,6 +89,24 @@ pub(super) fn interleave<const LEN: usize>(bytes: impl Fn(usize) -> [u8; 4], out
     }
 }
 
+/// The 16-byte nibble arrays of Q4_0 and Q5_0 (same layout), four bytes per row per line.
+fn interleave_nibbles(rows: [&[u8; 16]; ROWS]) -> [u8; 16 * ROWS] {
+    let mut qs = [0u8; 16 * ROWS];
+    interleave(
+        |i| {
+            let (j, r) = (i / ROWS, i % ROWS);
+            std::array::from_fn(|k| rows[r][4 * j + k])
+        },
+        &mut qs,
+    );
+    qs
+}
+
+/// Row `r`'s nibble bytes back from [`interleave_nibbles`].
+fn unpack_nibbles(qs: &[u8; 16 * ROWS], r: usize) -> [u8; 16] {
+    std::array::from_fn(|e| qs[64 * (e / 4) + 4 * r + e % 4])
+}
+
 impl Interleaved for BlockQ8_0x16 {
     type Plain = BlockQ8_0;
 
@@ -129,14 +147,7 @@ impl Interleaved for BlockQ4_0x16 {
     type Plain = BlockQ4_0;
 
     fn pack(rows: [&BlockQ4_0; ROWS]) -> Self {
-        let mut qs = [0u8; 16 * ROWS];
-        interleave(
-            |i| {
-                let (j, r) = (i / ROWS, i % ROWS);
-                std::array::from_fn(|k| rows[r].qs[4 * j + k])
-            },
-            &mut qs,
-        );
+        let qs = interleave_nibbles(rows.map(|b| &b.qs));
         BlockQ4_0x16 {
             d: std::array::from_fn(|r| rows[r].d),
             qs,
@@ -146,7 +157,7 @@ impl Interleaved for BlockQ4_0x16 {
     fn unpack(&self, r: usize) -> BlockQ4_0 {
         BlockQ4_0 {
             d: self.d[r],
-            qs: std::array::from_fn(|e| self.qs[64 * (e / 4) + 4 * r + e % 4]),
+            qs: unpack_nibbles(&self.qs, r),
         }
     }
 
@@ -165,14 +176,7 @@ impl Interleaved for BlockQ5_0x16 {
     type Plain = BlockQ5_0;
 
     fn pack(rows: [&BlockQ5_0; ROWS]) -> Self {
-        let mut qs = [0u8; 16 * ROWS];
-        interleave(
-            |i| {
-                let (j, r) = (i / ROWS, i % ROWS);
-                std::array::from_fn(|k| rows[r].qs[4 * j + k])
-            },
-            &mut qs,
-        );
+        let qs = interleave_nibbles(rows.map(|b| &b.qs));
         let qh = std::array::from_fn(|j| {
             let mut m = 0u64;
             for (r, row) in rows.iter().enumerate() {
@@ -200,7 +204,7 @@ impl Interleaved for BlockQ5_0x16 {
         BlockQ5_0 {
             d: self.d[r],
             qh: bits.to_le_bytes(),
-            qs: std::array::from_fn(|e| self.qs[64 * (e / 4) + 4 * r + e % 4]),
+            qs: unpack_nibbles(&self.qs, r),
         }
     }
 

@@ -279,7 +279,7 @@ impl Engine {
         self.metrics.admitted(req.prompt.len(), cached_tokens);
         Sequence {
             events,
-            _permit: permit,
+            permit: Some(permit),
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
             cached_tokens,
@@ -343,6 +343,7 @@ impl Engine {
                 for (&(i, _), &len) in plan.iter().zip(&before) {
                     let s = &mut running[i];
                     s.cache.truncate(len);
+                    s.permit = None;
                     let _ = s.events.send(Event::Failed(ApiError::internal(format!(
                         "model error: {why}"
                     ))));
@@ -424,6 +425,7 @@ impl Engine {
                 completion_tokens: s.generated(),
                 cached_tokens: s.cached_tokens,
             };
+            s.permit = None;
             let _ = s.events.send(Event::Done(Finish { reason, usage }));
             s.finished = true;
         }
@@ -446,7 +448,9 @@ fn accept(cmd: Command, waiting: &mut VecDeque<Submission>, deadline: &mut Optio
 /// One running request.
 struct Sequence<'t> {
     events: UnboundedSender<Event>,
-    _permit: Permit,
+    /// Released before the final event is sent, so a client that sends its next request
+    /// as soon as this one answers finds the slot free.
+    permit: Option<Permit>,
     /// Prompt then generated ids; `tokens[cache.len()..]` are still to be computed.
     tokens: Vec<u32>,
     prompt_len: usize,

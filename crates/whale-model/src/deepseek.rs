@@ -10,7 +10,9 @@ use std::path::Path;
 
 use rayon::prelude::*;
 use whale_tensor::ops::{axpy, rms_norm_rows, sigmoid, softmax, swiglu};
-use whale_tensor::{matmul, matmul_rows, weighted_rows, Isa, QuantType, Rows, Weight, WeightData};
+use whale_tensor::{
+    attend_rows, matmul, matmul_rows, weighted_rows, Isa, QuantType, Rows, Weight, WeightData,
+};
 
 use crate::cache::{CacheType, LatentCache};
 use crate::checkpoint::{Checkpoint, TensorSource, WeightLoader};
@@ -22,6 +24,12 @@ use crate::rope::Rope;
 /// eps of `q_a_layernorm` and `kv_a_layernorm`: transformers and the hub code build
 /// them with the default 1e-6 whatever `rms_norm_eps` says (SPEC §7.1).
 const LATENT_NORM_EPS: f32 = 1e-6;
+
+/// Query vectors (tokens × heads) up to which absorbed attention runs in one pass over the
+/// cache ([`attend_rows`], decode and small batches): each row read once, while the weighted sums
+/// of that many queries still fit in L1/L2. Longer blocks score every visible row first and
+/// share each row read among more queries.
+const SINGLE_PASS_QUERIES: usize = 64;
 
 /// How MLA attends (SPEC §3.3). Every form reads the same latent cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -733,22 +741,36 @@ impl Model {
                 q_l[..cd].copy_from_slice(&per_head[head][s * cd..][..cd]);
                 q_l[cd..].copy_from_slice(&q[((s0 + s) * h + head) * qk + nd..][..ld - cd]);
             }
-            let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
-            matmul_rows(&mut probs, &q_lat, cached, total, ld, rows);
-            probs
-                .par_chunks_mut(total)
-                .enumerate()
-                .for_each(|(idx, p)| {
-                    let visible = p0 + s0 + idx / h + 1; // causal: keys 0..=p0+s
-                    let (p, masked) = p.split_at_mut(visible);
-                    for v in p.iter_mut() {
-                        *v *= self.softmax_scale;
-                    }
-                    softmax(p);
-                    masked.fill(0.0);
-                });
             let mut o_lat = vec![0.0f32; rows * cd]; // Σ p·c_KV: [s·h, c]
-            weighted_rows(&mut o_lat, &probs, cached, total, cd);
+            if rows <= SINGLE_PASS_QUERIES {
+                // Decode: one pass over the cache with an online softmax.
+                let visible: Vec<usize> = (0..rows).map(|idx| p0 + s0 + idx / h + 1).collect();
+                attend_rows(
+                    &mut o_lat,
+                    &q_lat,
+                    cached,
+                    &visible,
+                    ld,
+                    cd,
+                    self.softmax_scale,
+                );
+            } else {
+                let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
+                matmul_rows(&mut probs, &q_lat, cached, total, ld, rows);
+                probs
+                    .par_chunks_mut(total)
+                    .enumerate()
+                    .for_each(|(idx, p)| {
+                        let visible = p0 + s0 + idx / h + 1; // causal: keys 0..=p0+s
+                        let (p, masked) = p.split_at_mut(visible);
+                        for v in p.iter_mut() {
+                            *v *= self.softmax_scale;
+                        }
+                        softmax(p);
+                        masked.fill(0.0);
+                    });
+                weighted_rows(&mut o_lat, &probs, cached, total, cd);
+            }
             // Back to each head's values, [s, h, v]: one matmul per head.
             let per_head: Vec<Vec<f32>> = (0..h)
                 .into_par_iter()

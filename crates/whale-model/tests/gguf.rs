@@ -330,17 +330,21 @@ fn q4_0_gguf_equals_safetensors_quantized_at_load() {
     let dir = golden("v2_greedy_f32");
     let ids = prompt(&dir);
     let std = std_dev(&read_npy_f32(&dir.join("logits.npy")));
-    let from_gguf = logits(
-        &load(
-            &gguf("v2_greedy_f32-kvb-q4_0.gguf"),
-            opts(MlaImpl::Absorbed, None),
-        ),
-        &ids,
+    let file = load(
+        &gguf("v2_greedy_f32-kvb-q4_0.gguf"),
+        opts(MlaImpl::Absorbed, None),
     );
-    let quantized = logits(
-        &load(&dir, opts(MlaImpl::Absorbed, Some(QuantType::Q4_0))),
-        &ids,
-    );
+    // The file's config, not config.json: f32 metadata moves the softmax scale by an ulp, and
+    // downstream Q8_0 activation rounding turns an ulp into visible logit differences; this test
+    // is about the weights.
+    let ckpt = whale_model::checkpoint::Checkpoint::open(&dir).unwrap();
+    let st = Model::from_source(
+        file.config.clone(),
+        &ckpt,
+        &opts(MlaImpl::Absorbed, Some(QuantType::Q4_0)),
+    )
+    .unwrap();
+    let (from_gguf, quantized) = (logits(&file, &ids), logits(&st, &ids));
     let diff = max_abs_diff(&from_gguf, &quantized);
     assert!(diff <= SAME_WEIGHTS_TOL_STD * std, "{diff}");
 }

@@ -5,6 +5,7 @@
 //! ([`quant`]) are GGUF's; their dot products ([`kernels`]) have a scalar reference and AVX2
 //! versions chosen at run time. The element-wise kernels ([`ops`]) work on `f32` activations.
 
+pub mod attention;
 pub mod dtype;
 pub mod error;
 pub mod kernels;
@@ -15,6 +16,7 @@ pub mod rows;
 pub mod threads;
 pub mod weight;
 
+pub use attention::attend_rows;
 pub use dtype::DType;
 pub use error::TensorError;
 pub use kernels::Isa;

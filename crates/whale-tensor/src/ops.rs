@@ -27,11 +27,7 @@ pub fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
 /// Numerically stable softmax in place (max subtracted first).
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
+    let sum = crate::kernels::exp_sub_sum(crate::Isa::detect(), x, max);
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;

@@ -607,3 +607,60 @@ pub unsafe fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
         b.d = 1.0 / iscale;
     }
 }
+
+/// `x[i] = exp(x[i] − m)`, returning their sum: softmax's exponentials eight at a time
+/// (Cephes' single-precision `expf` polynomial after `exp(y) = 2ⁿ·exp(r)`, within 2 ulp of libm's
+/// result). Arguments below −86 give 0 (the 2ⁿ scaling would leave the normal range; relative
+/// to a softmax's largest term such values are far below f32 resolution).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let vm = _mm256_set1_ps(m);
+    let mut sum = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n, the length of x.
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vm));
+        _mm256_storeu_ps(p.add(i), e);
+        sum = _mm256_add_ps(sum, e);
+        i += 8;
+    }
+    let mut total = hsum_ps(sum);
+    for v in &mut x[i..] {
+        *v = super::scalar::exp_clamped(*v - m);
+        total += *v;
+    }
+    total
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn exp8(y: __m256) -> __m256 {
+    let low = _mm256_set1_ps(super::scalar::EXP_MIN);
+    let underflow = _mm256_cmp_ps(y, low, _CMP_LT_OQ);
+    let y = _mm256_min_ps(_mm256_max_ps(y, low), _mm256_set1_ps(88.0));
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(y, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    // r = y − n·ln 2, with ln 2 split so that n·LN2_HI is exact.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(super::scalar::LN2_HI), y);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(super::scalar::LN2_LO), r);
+    let c = super::scalar::EXP_POLY;
+    let mut q = _mm256_set1_ps(c[0]);
+    for &k in &c[1..] {
+        q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(k));
+    }
+    let e = _mm256_fmadd_ps(
+        q,
+        _mm256_mul_ps(r, r),
+        _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+    );
+    // × 2ⁿ by adding n to the exponent field (n ∈ [−124, 127] keeps the result normal).
+    let scaled = _mm256_add_epi32(
+        _mm256_castps_si256(e),
+        _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23),
+    );
+    _mm256_andnot_ps(underflow, _mm256_castsi256_ps(scaled))
+}

@@ -314,15 +314,23 @@ pub unsafe fn dot_f32_rows<const N: usize>(w: [&[f32]; 4], a: [&[f32]; N]) -> [[
     }
     let (wp, ap) = (w.map(|r| r.as_ptr()), a.map(|r| r.as_ptr()));
     let mut acc = [[_mm512_setzero_ps(); N]; 4];
+    // The four rows' vectors are loaded first and each query vector once per step, so
+    // 4 + 1 + 4·N registers are live (loading all queries first spilled an accumulator on
+    // every step; a helper closure for the step was not inlined).
     let mut i = 0;
     while i < n {
         let k: __mmask16 = if n - i >= 16 { !0 } else { (1 << (n - i)) - 1 };
         // SAFETY: the mask covers only lanes below n, the length of every row.
-        let x: [__m512; N] = std::array::from_fn(|t| _mm512_maskz_loadu_ps(k, ap[t].add(i)));
-        for r in 0..4 {
-            let wr = _mm512_maskz_loadu_ps(k, wp[r].add(i));
-            for t in 0..N {
-                acc[r][t] = _mm512_fmadd_ps(wr, x[t], acc[r][t]);
+        let wr = [
+            _mm512_maskz_loadu_ps(k, wp[0].add(i)),
+            _mm512_maskz_loadu_ps(k, wp[1].add(i)),
+            _mm512_maskz_loadu_ps(k, wp[2].add(i)),
+            _mm512_maskz_loadu_ps(k, wp[3].add(i)),
+        ];
+        for t in 0..N {
+            let x = _mm512_maskz_loadu_ps(k, ap[t].add(i));
+            for r in 0..4 {
+                acc[r][t] = _mm512_fmadd_ps(wr[r], x, acc[r][t]);
             }
         }
         i += 16;

@@ -189,6 +189,18 @@ pub fn weighted_rows<const N: usize>(
     }
 }
 
+/// `x[i] = exp(x[i] − m)` for `x[i] ≤ m` (softmax after its max), returning the sum; values
+/// more than 86 below `m` give 0.
+#[inline]
+pub fn exp_sub_sum(isa: Isa, x: &mut [f32], m: f32) -> f32 {
+    match isa.0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
+        IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { avx2::exp_sub_sum(x, m) },
+        _ => scalar::exp_sub_sum(x, m),
+    }
+}
+
 /// `y += a · x` with the detected instruction set (what [`crate::ops::axpy`] calls).
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {

@@ -181,3 +181,38 @@ pub fn dot_q6_k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [f32; N]
         sum
     })
 }
+
+/// Below this, [`exp_clamped`] and the SIMD softmax exponentials give 0.
+pub const EXP_MIN: f32 = -86.0;
+/// ln 2 in two parts (Cephes): the high part has few enough bits that `n · LN2_HI` is exact.
+pub const LN2_HI: f32 = 0.693_359_4;
+pub const LN2_LO: f32 = -2.121_944_4e-4;
+/// Cephes' `expf` polynomial for `(exp(r) − 1 − r) / r²` on |r| ≤ ln 2 / 2, highest degree first.
+pub const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
+/// `exp(y)`, 0 below [`EXP_MIN`] as the SIMD kernels give.
+#[inline]
+pub fn exp_clamped(y: f32) -> f32 {
+    if y < EXP_MIN {
+        0.0
+    } else {
+        y.exp()
+    }
+}
+
+/// `x[i] = exp(x[i] − m)`, returning their sum (the reference for the SIMD versions).
+pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = exp_clamped(*v - m);
+        sum += *v;
+    }
+    sum
+}

@@ -440,3 +440,36 @@ fn weighted_rows_match_scalar() {
     check::<7>();
     check::<8>();
 }
+
+#[test]
+fn softmax_exponentials_match_libm() {
+    for isa in Isa::available() {
+        for n in [1, 7, 8, 9, 31, 1000] {
+            // Scores spread over [m − 100, m] so some fall below the cutoff.
+            let x: Vec<f32> = (0..n)
+                .map(|i| 3.0 - 100.0 * ((i * 37 % 101) as f32 / 100.0))
+                .collect();
+            let mut got = x.clone();
+            let sum = exp_sub_sum(isa, &mut got, 3.0);
+            let mut want_sum = 0.0f64;
+            for (&g, &v) in got.iter().zip(&x) {
+                let y = (v - 3.0) as f64;
+                if y < scalar::EXP_MIN as f64 {
+                    assert_eq!(g, 0.0, "{isa:?}: exp({y}) below the cutoff");
+                    continue;
+                }
+                let want = y.exp();
+                want_sum += want;
+                // Cephes' polynomial is within 2 ulp; 4 ulp of slack for the range reduction.
+                assert!(
+                    ((g as f64 - want) / want).abs() < 4.0 * f32::EPSILON as f64,
+                    "{isa:?}: exp({y}) = {g}, want {want}"
+                );
+            }
+            assert!(
+                ((sum as f64 - want_sum) / want_sum).abs() < 1e-6,
+                "{isa:?} sum"
+            );
+        }
+    }
+}

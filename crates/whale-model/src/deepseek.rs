@@ -572,8 +572,12 @@ impl Model {
         matmul(&mut kv, x, &a.kv_a, t);
 
         let mut out = vec![0.0f32; t * h * vd]; // [t, h, v]
+                                                // Per step: rotate, cache the latents, and attend at once in the naive form; steps in
+                                                // the absorbed form are gathered so that each head's W_UK and W_UV products run once
+                                                // over all their tokens (a server batch of decode steps reads those weights once).
+        let mut absorbed = Vec::new(); // (step, first token in the batch, tokens)
         let mut start = 0;
-        for step in steps.iter_mut() {
+        for (i, step) in steps.iter_mut().enumerate() {
             let n = step.tokens.len();
             let p0 = step.cache.len();
             let q = &mut q[start * h * qk..(start + n) * h * qk];
@@ -590,19 +594,57 @@ impl Model {
                 self.rope.apply(pe, p0 + s);
             }
             step.cache.append(layer, kv);
-            let cached = step.cache.rows(layer, p0 + n); // [T, c + r]
-            let out = &mut out[start * h * vd..(start + n) * h * vd];
             let naive = match self.mla {
                 MlaImpl::Naive => true,
                 MlaImpl::Absorbed => false,
                 MlaImpl::Auto => MlaDims::of(c).decompressing_is_cheaper(n, p0 + n),
             };
             if naive {
+                let cached = step.cache.rows(layer, p0 + n); // [T, c + r]
+                let out = &mut out[start * h * vd..(start + n) * h * vd];
                 self.attend_naive(a, q, cached, p0, out);
             } else {
-                self.attend_absorbed(a, q, cached, p0, out);
+                absorbed.push((i, start, n));
             }
             start += n;
+        }
+        if !absorbed.is_empty() {
+            let ab = a
+                .absorbed
+                .as_ref()
+                .expect("absorbed MLA keeps kv_b per head");
+            let tokens: usize = absorbed.iter().map(|&(_, _, n)| n).sum();
+            let q_abs: Vec<f32> = absorbed
+                .iter()
+                .flat_map(|&(_, s0, n)| &q[s0 * h * qk..(s0 + n) * h * qk])
+                .copied()
+                .collect();
+            let q_lat = self.absorb_queries(ab, &q_abs, tokens); // [tokens, h, c + r]
+                                                                 // Each step over its own cache; steps side by side (a decode step's pass over a
+                                                                 // short cache is one task).
+            let mut parts = Vec::with_capacity(absorbed.len());
+            let mut k = 0;
+            for &(i, _, n) in &absorbed {
+                let p0 = steps[i].cache.len();
+                parts.push((k, n, p0, steps[i].cache.rows(layer, p0 + n)));
+                k += n;
+            }
+            let o_parts: Vec<Vec<f32>> = parts
+                .par_iter()
+                .map(|&(k, n, p0, cached)| {
+                    let mut o = vec![0.0f32; n * h * cd];
+                    self.latent_attention(&q_lat[k * h * ld..(k + n) * h * ld], cached, p0, &mut o);
+                    o
+                })
+                .collect();
+            let o_lat = o_parts.concat(); // [tokens, h, c]
+            let o = self.expand_values(ab, &o_lat, tokens); // [tokens, h, v]
+            let mut k = 0;
+            for &(_, s0, n) in &absorbed {
+                out[s0 * h * vd..(s0 + n) * h * vd]
+                    .copy_from_slice(&o[k * h * vd..(k + n) * h * vd]);
+                k += n;
+            }
         }
         let mut y = vec![0.0f32; t * c.hidden_size];
         matmul(&mut y, &out, &a.o, t);
@@ -691,107 +733,97 @@ impl Model {
         }
     }
 
-    /// Absorbed MLA: `q_abs = W_UKᵀ·q_nope` attends over the latents directly (MQA with
-    /// key width c + r and value width c), then `W_UV` maps the result back per head.
-    /// All heads and query tokens share one pass over the cache for the scores and one for the
-    /// weighted latents, so each cached row is read twice per step, not twice per head.
-    fn attend_absorbed(&self, a: &Mla, q: &[f32], cached: Rows, p0: usize, out: &mut [f32]) {
-        let c = &self.config;
+    /// Absorbed MLA, step 1: each query taken into latent space, `[t, h, c + r]` =
+    /// (`W_UKᵀ·q_nope`, `q_pe`), one matmul per head over all `t` tokens. With the latents as
+    /// keys and values the attention is then MQA of width c + r ([`Self::latent_attention`]), and
+    /// `W_UV` maps the result back per head ([`Self::expand_values`]).
+    fn absorb_queries(&self, ab: &Absorbed, q: &[f32], t: usize) -> Vec<f32> {
         let MlaDims {
-            h,
-            nd,
-            rd: _,
-            vd,
-            cd,
-            qk,
-            ld,
-        } = MlaDims::of(c);
-        let ab = a
-            .absorbed
-            .as_ref()
-            .expect("absorbed MLA keeps kv_b per head");
-        let n = q.len() / (h * qk); // query tokens
-                                    // Query tokens in blocks of at most 32: bounded scratch (≤ 4M scores, 16 MiB) and,
-                                    // under the causal mask, each block scores only the rows its last token can see (in a
-                                    // 512-token prefill, about half the score work of one block; 32 tokens × h heads are
-                                    // still enough query rows for the matmul's tiles).
+            h, nd, cd, qk, ld, ..
+        } = MlaDims::of(&self.config);
+        let per_head: Vec<Vec<f32>> = (0..h)
+            .into_par_iter()
+            .map(|head| {
+                let q_nope: Vec<f32> = (0..t)
+                    .flat_map(|s| &q[(s * h + head) * qk..][..nd])
+                    .copied()
+                    .collect();
+                let mut abs = vec![0.0f32; t * cd];
+                matmul(&mut abs, &q_nope, &ab.uk_t[head], t);
+                abs
+            })
+            .collect();
+        let mut q_lat = vec![0.0f32; t * h * ld];
+        for (idx, q_l) in q_lat.chunks_exact_mut(ld).enumerate() {
+            let (s, head) = (idx / h, idx % h);
+            q_l[..cd].copy_from_slice(&per_head[head][s * cd..][..cd]);
+            q_l[cd..].copy_from_slice(&q[(s * h + head) * qk + nd..][..ld - cd]);
+        }
+        q_lat
+    }
+
+    /// Absorbed MLA, step 2: one sequence's queries in latent space (`[s, h, c + r]` at positions
+    /// `p0..`) attend over its cached latents; `o_lat`: `[s, h, c]`.
+    fn latent_attention(&self, q_lat: &[f32], cached: Rows, p0: usize, o_lat: &mut [f32]) {
+        let MlaDims { h, cd, ld, .. } = MlaDims::of(&self.config);
+        let n = q_lat.len() / (h * ld); // query tokens
+                                        // Query tokens in blocks of at most 32: bounded scratch (≤ 4M scores, 16 MiB) and,
+                                        // under the causal mask, each block scores only the rows its last token can see (in a
+                                        // 512-token prefill, about half the score work of one block; 32 tokens × h heads are
+                                        // still enough query rows for the matmul's tiles).
         let block = ((4 << 20) / (h * (p0 + n)).max(1)).clamp(1, 32);
         for s0 in (0..n).step_by(block) {
             let s1 = (s0 + block).min(n);
-            let ns = s1 - s0;
-            let rows = ns * h; // query vectors: [s, h]
+            let rows = (s1 - s0) * h; // query vectors: [s, h]
             let total = p0 + s1; // rows of the cache visible to this block
-                                 // Each query in latent space, [s, h, c + r]: (W_UKᵀ·q_nope, q_pe), one matmul per
-                                 // head over the block's tokens.
-            let mut q_lat = vec![0.0f32; rows * ld];
-            let per_head: Vec<Vec<f32>> = (0..h)
-                .into_par_iter()
-                .map(|head| {
-                    let q_nope: Vec<f32> = (s0..s1)
-                        .flat_map(|s| &q[(s * h + head) * qk..][..nd])
-                        .copied()
-                        .collect();
-                    let mut abs = vec![0.0f32; ns * cd];
-                    matmul(&mut abs, &q_nope, &ab.uk_t[head], ns);
-                    abs
-                })
-                .collect();
-            for (idx, q_l) in q_lat.chunks_exact_mut(ld).enumerate() {
-                let (s, head) = (idx / h, idx % h);
-                q_l[..cd].copy_from_slice(&per_head[head][s * cd..][..cd]);
-                q_l[cd..].copy_from_slice(&q[((s0 + s) * h + head) * qk + nd..][..ld - cd]);
-            }
-            let mut o_lat = vec![0.0f32; rows * cd]; // Σ p·c_KV: [s·h, c]
+            let q = &q_lat[s0 * h * ld..s1 * h * ld];
+            let o = &mut o_lat[s0 * h * cd..s1 * h * cd];
             if rows <= SINGLE_PASS_QUERIES {
                 // Decode: one pass over the cache with an online softmax.
                 let visible: Vec<usize> = (0..rows).map(|idx| p0 + s0 + idx / h + 1).collect();
-                attend_rows(
-                    &mut o_lat,
-                    &q_lat,
-                    cached,
-                    &visible,
-                    ld,
-                    cd,
-                    self.softmax_scale,
-                );
-            } else {
-                let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
-                matmul_rows(&mut probs, &q_lat, cached, total, ld, rows);
-                probs
-                    .par_chunks_mut(total)
-                    .enumerate()
-                    .for_each(|(idx, p)| {
-                        let visible = p0 + s0 + idx / h + 1; // causal: keys 0..=p0+s
-                        let (p, masked) = p.split_at_mut(visible);
-                        for v in p.iter_mut() {
-                            *v *= self.softmax_scale;
-                        }
-                        softmax(p);
-                        masked.fill(0.0);
-                    });
-                weighted_rows(&mut o_lat, &probs, cached, total, cd);
+                attend_rows(o, q, cached, &visible, ld, cd, self.softmax_scale);
+                continue;
             }
-            // Back to each head's values, [s, h, v]: one matmul per head.
-            let per_head: Vec<Vec<f32>> = (0..h)
-                .into_par_iter()
-                .map(|head| {
-                    let lat: Vec<f32> = (0..ns)
-                        .flat_map(|s| &o_lat[(s * h + head) * cd..][..cd])
-                        .copied()
-                        .collect();
-                    let mut o = vec![0.0f32; ns * vd];
-                    matmul(&mut o, &lat, &ab.uv[head], ns);
-                    o
-                })
-                .collect();
-            for (idx, o) in out[s0 * h * vd..s1 * h * vd]
-                .chunks_exact_mut(vd)
+            let mut probs = vec![0.0f32; rows * total]; // [s·h, T]
+            matmul_rows(&mut probs, q, cached, total, ld, rows);
+            probs
+                .par_chunks_mut(total)
                 .enumerate()
-            {
-                let (s, head) = (idx / h, idx % h);
-                o.copy_from_slice(&per_head[head][s * vd..][..vd]);
-            }
+                .for_each(|(idx, p)| {
+                    let visible = p0 + s0 + idx / h + 1; // causal: keys 0..=p0+s
+                    let (p, masked) = p.split_at_mut(visible);
+                    for v in p.iter_mut() {
+                        *v *= self.softmax_scale;
+                    }
+                    softmax(p);
+                    masked.fill(0.0);
+                });
+            weighted_rows(o, &probs, cached, total, cd); // Σ p·c_KV
         }
+    }
+
+    /// Absorbed MLA, step 3: the attended latents `[t, h, c]` back to each head's values
+    /// `[t, h, v]`, one matmul per head over all `t` tokens.
+    fn expand_values(&self, ab: &Absorbed, o_lat: &[f32], t: usize) -> Vec<f32> {
+        let MlaDims { h, vd, cd, .. } = MlaDims::of(&self.config);
+        let per_head: Vec<Vec<f32>> = (0..h)
+            .into_par_iter()
+            .map(|head| {
+                let lat: Vec<f32> = (0..t)
+                    .flat_map(|s| &o_lat[(s * h + head) * cd..][..cd])
+                    .copied()
+                    .collect();
+                let mut o = vec![0.0f32; t * vd];
+                matmul(&mut o, &lat, &ab.uv[head], t);
+                o
+            })
+            .collect();
+        let mut out = vec![0.0f32; t * h * vd];
+        for (idx, o) in out.chunks_exact_mut(vd).enumerate() {
+            let (s, head) = (idx / h, idx % h);
+            o.copy_from_slice(&per_head[head][s * vd..][..vd]);
+        }
+        out
     }
 
     /// DeepSeekMoE: routed experts weighted by the router plus the shared experts.

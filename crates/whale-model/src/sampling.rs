@@ -4,6 +4,8 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use whale_tensor::kernels::exp_sub_sum;
+use whale_tensor::Isa;
 
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +101,13 @@ impl SamplingParams {
     }
 }
 
+/// A token in the running for sampling: its logit and `exp((logit − max) / T)`.
+struct Cand {
+    id: usize,
+    logit: f32,
+    w: f32,
+}
+
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
@@ -117,53 +126,88 @@ impl Sampler {
         &self.params
     }
 
+    /// The candidates that top-k, top-p and min-p keep (temperature > 0), with their
+    /// unnormalised probabilities.
+    fn kept(&self, logits: &[f32]) -> Vec<Cand> {
+        let p = &self.params;
+        // The filters act on candidates in order of logit, best first (ties: lower id), but
+        // only as far as they cut: a full sort of a 100K vocabulary costs milliseconds per
+        // token, so top-k selects, top-p sorts just the head that reaches its mass, and
+        // without a cut the draw scans the candidates in any order (same distribution).
+        let by_logit = |a: &Cand, b: &Cand| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id));
+        let mut cand: Vec<Cand> = logits
+            .iter()
+            .enumerate()
+            .map(|(id, &logit)| Cand { id, logit, w: 0.0 })
+            .collect();
+        if p.top_k > 0 && p.top_k < cand.len() {
+            cand.select_nth_unstable_by(p.top_k - 1, by_logit);
+            cand.truncate(p.top_k);
+        }
+        // Unnormalised probabilities relative to the best: w = exp((l − max) / T), vectorised.
+        let mut w: Vec<f32> = cand.iter().map(|c| c.logit / p.temperature).collect();
+        let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum = exp_sub_sum(Isa::detect(), &mut w, max);
+        for (c, w) in cand.iter_mut().zip(w) {
+            c.w = w;
+        }
+        // How many of the best stay: top-p's shortest head reaching the mass, then min-p's
+        // floor (w ≥ min_p, as the best has w = 1) within it; at least one.
+        let mut keep = cand.len();
+        let mut sorted = false; // cand[..keep] in order
+        if p.top_p < 1.0 {
+            let mut head = 256.min(cand.len());
+            loop {
+                if head < cand.len() {
+                    cand.select_nth_unstable_by(head - 1, by_logit);
+                }
+                cand[..head].sort_unstable_by(by_logit);
+                let mut acc = 0.0;
+                let reached = cand[..head].iter().position(|c| {
+                    acc += c.w / sum;
+                    acc >= p.top_p
+                });
+                if let Some(i) = reached {
+                    keep = i + 1;
+                } else if head < cand.len() {
+                    head = (head * 8).min(cand.len());
+                    continue;
+                } // else rounding: the whole mass fell just short of top_p; keep all
+                sorted = true;
+                break;
+            }
+        }
+        if p.min_p > 0.0 {
+            cand.truncate(keep);
+            if sorted {
+                keep = cand.iter().take_while(|c| c.w >= p.min_p).count();
+            } else {
+                cand.retain(|c| c.w >= p.min_p);
+                keep = cand.len();
+            }
+        }
+        cand.truncate(keep.max(1));
+        cand
+    }
+
     /// Picks the next token given the logits of the last position and the ids so far
     /// (prompt and generated) that the penalties look at.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
-        let p = &self.params;
         let mut logits = logits.to_vec();
         self.apply_penalties(&mut logits, history);
-        if p.temperature == 0.0 {
+        if self.params.temperature == 0.0 {
             return argmax(&logits) as u32;
         }
-        // Candidates sorted by logit, best first.
-        let mut cand: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            cand.truncate(p.top_k);
-        }
-        let max = cand[0].1 / p.temperature;
-        let mut probs: Vec<f32> = cand
-            .iter()
-            .map(|c| (c.1 / p.temperature - max).exp())
-            .collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= sum);
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let keep = probs
-                .iter()
-                .position(|&q| {
-                    acc += q;
-                    acc >= p.top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-        }
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            let keep = probs.iter().take_while(|&&q| q >= floor).count().max(1);
-            probs.truncate(keep);
-        }
-        let total: f32 = probs.iter().sum();
+        let kept = self.kept(&logits);
+        let total: f32 = kept.iter().map(|c| c.w).sum();
         let mut r = self.rng.random::<f32>() * total;
-        for (i, &q) in probs.iter().enumerate() {
-            if r < q {
-                return cand[i].0 as u32;
+        for c in &kept {
+            if r < c.w {
+                return c.id as u32;
             }
-            r -= q;
+            r -= c.w;
         }
-        cand[probs.len() - 1].0 as u32
+        kept[kept.len() - 1].id as u32
     }
 
     fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
@@ -240,6 +284,97 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.iter().all(|&t| top5.contains(&(t as usize))));
         assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1);
+    }
+
+    /// The filters as written in transformers' order over a full sort: (id, probability) kept.
+    fn reference_kept(logits: &[f32], p: &SamplingParams) -> Vec<(usize, f64)> {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        if p.top_k > 0 {
+            order.truncate(p.top_k);
+        }
+        // Scaled in f32 as the sampler does; the rest in f64.
+        let scaled = |i: usize| (logits[i] / p.temperature) as f64;
+        let max = scaled(order[0]);
+        let w: Vec<f64> = order.iter().map(|&i| (scaled(i) - max).exp()).collect();
+        let sum: f64 = w.iter().sum();
+        let mut keep = order.len();
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            keep = w
+                .iter()
+                .position(|&x| {
+                    acc += x / sum;
+                    acc >= p.top_p as f64
+                })
+                .map_or(keep, |i| i + 1);
+        }
+        if p.min_p > 0.0 {
+            keep = w[..keep]
+                .iter()
+                .take_while(|&&x| x >= p.min_p as f64)
+                .count()
+                .max(1);
+        }
+        order[..keep]
+            .iter()
+            .zip(&w)
+            .map(|(&i, &x)| (i, x))
+            .collect()
+    }
+
+    #[test]
+    fn partial_selection_keeps_what_a_full_sort_keeps() {
+        // A vocabulary large enough that top-p's head must grow past its first 256 (flat
+        // logits), and a peaked one where it stops early.
+        let n = 5000;
+        let flat: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 300.0).collect();
+        let peaked: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 30.0).collect();
+        for logits in [&flat, &peaked] {
+            for (top_k, top_p, min_p) in [
+                (0, 1.0, 0.0),
+                (0, 0.9, 0.0),
+                (0, 0.3, 0.0),
+                (40, 0.95, 0.0),
+                (0, 1.0, 0.05),
+                (0, 0.8, 0.2),
+                (3000, 0.999, 0.01),
+            ] {
+                let params = SamplingParams {
+                    temperature: 0.8,
+                    top_k,
+                    top_p,
+                    min_p,
+                    ..Default::default()
+                };
+                let want = reference_kept(logits, &params);
+                let mut got: Vec<(usize, f32)> = Sampler::new(params.clone())
+                    .kept(logits)
+                    .iter()
+                    .map(|c| (c.id, c.w))
+                    .collect();
+                got.sort_by_key(|g| g.0);
+                let mut want_sorted = want.clone();
+                want_sorted.sort_by_key(|w| w.0);
+                let ids = |v: &[(usize, f32)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+                // The cut falls where the f32 and f64 cumulative sums agree (no candidate sits
+                // within rounding of the threshold for these logits).
+                assert_eq!(
+                    ids(&got),
+                    want_sorted.iter().map(|x| x.0).collect::<Vec<_>>(),
+                    "{params:?}"
+                );
+                for (g, w) in got.iter().zip(&want_sorted) {
+                    // The SIMD exp is within a few ulp; `l/T − max` rounds to half an ulp of
+                    // its size, which exp turns into a relative error of that much.
+                    let tol = (4.0 + w.1.ln().abs()) * f32::EPSILON as f64 * w.1;
+                    assert!(
+                        (g.1 as f64 - w.1).abs() <= tol,
+                        "{params:?}: {g:?} vs {w:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use whale_model::sampling::argmax;
-use whale_model::{Logits, Model};
+use whale_model::{Logits, Model, Step};
 
 use super::ModelArgs;
 
@@ -24,6 +24,10 @@ pub struct Args {
     /// Context depths (cached tokens) at which to measure decode, comma-separated.
     #[arg(long, default_value = "0")]
     depths: String,
+    /// Sequences decoded together in one batched forward per step (as `whale serve` batches
+    /// concurrent streams), comma-separated; decode is reported as aggregate tok/s for each.
+    #[arg(long, default_value = "1")]
+    batch: String,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -72,16 +76,31 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn decode_rate(model: &Model, depth: usize, gen: usize, ctx: usize) -> Result<f64> {
+/// Aggregate decode tok/s of `batch` greedy sequences, each with `depth` cached tokens of its
+/// own, decoded together one token per sequence per step.
+fn decode_rate(model: &Model, depth: usize, gen: usize, ctx: usize, batch: usize) -> Result<f64> {
     let vocab = model.config.vocab_size;
-    let mut cache = model.new_cache(ctx);
-    let mut logits = model.forward(&tokens(depth.max(1), vocab, 7), &mut cache, Logits::Last)?;
+    let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache(ctx)).collect();
+    let mut next = Vec::with_capacity(batch);
+    for (b, cache) in caches.iter_mut().enumerate() {
+        let context = tokens(depth.max(1), vocab, 7 + b as u64);
+        next.push(argmax(&model.forward(&context, cache, Logits::Last)?) as u32);
+    }
     let start = Instant::now();
     for _ in 0..gen {
-        let id = argmax(&logits) as u32;
-        logits = model.forward(&[id], &mut cache, Logits::Last)?;
+        let mut steps: Vec<Step> = caches
+            .iter_mut()
+            .zip(&next)
+            .map(|(cache, id)| Step {
+                tokens: std::slice::from_ref(id),
+                cache,
+                logits: Logits::Last,
+            })
+            .collect();
+        let logits = model.forward_batch(&mut steps)?;
+        next = logits.iter().map(|l| argmax(l) as u32).collect();
     }
-    Ok(gen as f64 / start.elapsed().as_secs_f64())
+    Ok((gen * batch) as f64 / start.elapsed().as_secs_f64())
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -93,6 +112,14 @@ pub fn run(args: Args) -> Result<()> {
             d.trim()
                 .parse()
                 .with_context(|| format!("--depths: {d:?} is not a number"))
+        })
+        .collect::<Result<_>>()?;
+    let batches: Vec<usize> = args
+        .batch
+        .split(',')
+        .map(|b| match b.trim().parse() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => anyhow::bail!("--batch: {b:?} is not a positive number"),
         })
         .collect::<Result<_>>()?;
     let bandwidth = triad_bandwidth();
@@ -115,10 +142,13 @@ pub fn run(args: Args) -> Result<()> {
     let roofline = bandwidth / bytes_per_token;
     let mut decode = Vec::new();
     for &depth in &depths {
-        let rate = decode_rate(&model, depth, args.gen, ctx)?;
-        decode.push(serde_json::json!({
-            "depth": depth, "tokens_per_second": rate, "roofline_percent": 100.0 * rate / roofline,
-        }));
+        for &batch in &batches {
+            let rate = decode_rate(&model, depth, args.gen, ctx, batch)?;
+            decode.push(serde_json::json!({
+                "depth": depth, "batch": batch, "tokens_per_second": rate,
+                "roofline_percent": 100.0 * rate / roofline,
+            }));
+        }
     }
     let result = serde_json::json!({
         "model": dir.display().to_string(),
@@ -159,12 +189,19 @@ pub fn run(args: Args) -> Result<()> {
         args.prompt
     );
     for d in &decode {
-        println!(
-            "decode @ {:>6}  {:.1} tok/s ({:.0}% of roofline)",
-            d["depth"],
-            d["tokens_per_second"].as_f64().unwrap_or(0.0),
-            d["roofline_percent"].as_f64().unwrap_or(0.0)
-        );
+        let rate = d["tokens_per_second"].as_f64().unwrap_or(0.0);
+        if d["batch"] == 1 {
+            println!(
+                "decode @ {:>6}  {rate:.1} tok/s ({:.0}% of roofline)",
+                d["depth"],
+                d["roofline_percent"].as_f64().unwrap_or(0.0)
+            );
+        } else {
+            println!(
+                "decode @ {:>6}  {rate:.1} tok/s aggregate, {} sequences per step",
+                d["depth"], d["batch"]
+            );
+        }
     }
     if let Some(rss) = peak_rss() {
         println!("peak RSS        {:.1} MB", rss as f64 / 1e6);

@@ -38,14 +38,22 @@ macro_rules! x16_dot {
                     let ag = a[t].get_unchecked(g);
                     let q = ag.qs[i].as_ptr().cast::<i32>();
                     let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
-                    // Two chains halve the dependency latency when N is small.
                     let mut p0 = _mm512_set1_epi32(-$offset * ag.sums[i]);
-                    let mut p1 = _mm512_setzero_si512();
-                    for j in (0..8).step_by(2) {
-                        p0 = _mm512_dpbusd_epi32(p0, l[j], y(j));
-                        p1 = _mm512_dpbusd_epi32(p1, l[j + 1], y(j + 1));
-                    }
-                    let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(p0, p1));
+                    let sums = if N < 4 {
+                        // Two chains halve the dependency latency when few tokens interleave.
+                        let mut p1 = _mm512_setzero_si512();
+                        for j in (0..8).step_by(2) {
+                            p0 = _mm512_dpbusd_epi32(p0, l[j], y(j));
+                            p1 = _mm512_dpbusd_epi32(p1, l[j + 1], y(j + 1));
+                        }
+                        _mm512_add_epi32(p0, p1)
+                    } else {
+                        for (j, lj) in l.iter().enumerate() {
+                            p0 = _mm512_dpbusd_epi32(p0, *lj, y(j));
+                        }
+                        p0
+                    };
+                    let sums = _mm512_cvtepi32_ps(sums);
                     let d = _mm512_mul_ps(dw, _mm512_set1_ps(ag.d[i]));
                     acc[t] = _mm512_fmadd_ps(sums, d, acc[t]);
                 }

@@ -61,17 +61,20 @@ impl<'a> Rows<'a> {
             match self.data {
                 RowData::F32(v) => o.copy_from_slice(&v[j * w..][..cols]),
                 RowData::Bf16(v) => {
+                    // bf16 is the top half of an f32: a shift, written on the bits so that it
+                    // vectorises.
                     for (o, x) in o.iter_mut().zip(&v[j * w..][..cols]) {
-                        *o = x.to_f32();
+                        *o = f32::from_bits((x.to_bits() as u32) << 16);
                     }
                 }
                 RowData::Q8_0(v) => {
                     let per_row = w.div_ceil(32);
                     let blocks = &v[j * per_row..][..cols.div_ceil(32)];
-                    let mut full = [0.0f32; 32];
                     for (b, o) in blocks.iter().zip(o.chunks_mut(32)) {
-                        BlockQ8_0::dequantize(std::slice::from_ref(b), &mut full);
-                        o.copy_from_slice(&full[..o.len()]);
+                        let d = b.d.to_f32();
+                        for (o, &q) in o.iter_mut().zip(&b.qs) {
+                            *o = q as f32 * d;
+                        }
                     }
                 }
             }

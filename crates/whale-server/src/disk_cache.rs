@@ -41,10 +41,16 @@ const HEADER_BYTES: usize = 56;
 const WRITE_QUEUE: usize = 256;
 
 pub struct DiskCache {
-    dir: PathBuf,
-    shape: Shape,
+    reader: DiskReader,
     writer: Option<SyncSender<Arc<Block>>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Reads and checks block files; cheap to clone, so reads can happen off the engine thread.
+#[derive(Clone)]
+pub struct DiskReader {
+    dir: PathBuf,
+    shape: Shape,
     metrics: Arc<Metrics>,
 }
 
@@ -97,16 +103,28 @@ impl DiskCache {
                 source,
             })?;
         Ok(DiskCache {
-            dir,
-            shape,
+            reader: DiskReader {
+                dir,
+                shape,
+                metrics,
+            },
             writer: Some(tx),
             thread: Some(thread),
-            metrics,
         })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.reader.dir
+    }
+
+    /// A reader of this cache's files for another thread.
+    pub fn reader(&self) -> DiskReader {
+        self.reader.clone()
+    }
+
+    /// The block stored under `key`, if its file exists and checks out.
+    pub fn load(&self, key: u64) -> Option<Block> {
+        self.reader.load(key)
     }
 
     /// Queues a block for writing; false when the queue is full.
@@ -131,7 +149,9 @@ impl DiskCache {
             let _ = t.join();
         }
     }
+}
 
+impl DiskReader {
     /// The block stored under `key`, if its file exists and checks out.
     pub fn load(&self, key: u64) -> Option<Block> {
         let path = self.path(key);

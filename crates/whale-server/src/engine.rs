@@ -24,7 +24,7 @@ use whale_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::prefix_cache::PrefixCache;
+use crate::prefix_cache::{read_chain, Block, PrefixCache};
 use whale_tokenizer::StopStrings;
 
 /// Scheduler limits.
@@ -208,19 +208,54 @@ impl Engine {
         let mut waiting: VecDeque<Submission> = VecDeque::new();
         let mut running: Vec<Sequence> = Vec::new();
         let mut deadline: Option<Instant> = None;
+        // Submissions whose cached prefix continues on disk wait here while a helper thread
+        // reads the blocks, so running streams never stall on the disk.
+        let (loaded_tx, loaded_rx) = mpsc::channel::<(Submission, Vec<Block>)>();
+        let mut loading = 0usize;
         loop {
+            let fresh = waiting.len();
             if running.is_empty() && waiting.is_empty() {
-                if deadline.is_some() {
+                if deadline.is_some() && loading == 0 {
                     break;
                 }
-                // Idle: sleep until a request (or shutdown) arrives.
-                match rx.recv() {
-                    Ok(cmd) => accept(cmd, &mut waiting, &mut deadline),
-                    Err(_) => break,
+                // Idle: sleep until a request (or shutdown) arrives, or a disk read ends.
+                if loading == 0 {
+                    match rx.recv() {
+                        Ok(cmd) => accept(cmd, &mut waiting, &mut deadline),
+                        Err(_) => break,
+                    }
+                } else if let Ok(cmd) = rx.recv_timeout(Duration::from_millis(1)) {
+                    accept(cmd, &mut waiting, &mut deadline);
                 }
             }
             while let Ok(cmd) = rx.try_recv() {
                 accept(cmd, &mut waiting, &mut deadline);
+            }
+            for sub in waiting.drain(fresh..).collect::<Vec<_>>() {
+                let reusable = sub.req.prompt.len().saturating_sub(1);
+                match self.prefix.disk_job(&sub.req.prompt, reusable) {
+                    Some((reader, keys)) => {
+                        let tx = loaded_tx.clone();
+                        let read = std::thread::Builder::new()
+                            .name("whale-cache-reader".into())
+                            .spawn(move || {
+                                let blocks = read_chain(&reader, &keys);
+                                let _ = tx.send((sub, blocks));
+                            });
+                        match read {
+                            Ok(_) => loading += 1,
+                            // The request is dropped with the closure: its client sees the
+                            // stream end, and its slot is freed.
+                            Err(e) => tracing::error!("prefix cache: cannot start a reader: {e}"),
+                        }
+                    }
+                    None => waiting.push_back(sub),
+                }
+            }
+            while let Ok((sub, blocks)) = loaded_rx.try_recv() {
+                loading -= 1;
+                self.prefix.add_loaded(&sub.req.prompt, blocks);
+                waiting.push_back(sub);
             }
 
             // A dropped receiver means the client went away (or stopped reading).

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use whale_model::LatentCache;
 
-use crate::disk_cache::DiskCache;
+use crate::disk_cache::{DiskCache, DiskReader};
 use crate::metrics::Metrics;
 
 /// Tokens per block: small enough that a prompt loses at most 63 tokens of reuse, large
@@ -166,18 +166,15 @@ impl PrefixCache {
         self.blocks.is_empty()
     }
 
-    /// The longest chain of cached blocks that is a prefix of `ids[..limit]`, looked up in
-    /// memory and then on disk.
+    /// The longest chain of blocks in memory that is a prefix of `ids[..limit]` (blocks on
+    /// disk are read beforehand, off the engine thread: [`Self::disk_job`]).
     pub fn lookup(&mut self, ids: &[u32], limit: usize) -> Vec<Arc<Block>> {
         let ids = &ids[..limit.min(ids.len())];
         let mut found = Vec::new();
         let mut parent = ROOT;
         for chunk in ids.chunks_exact(BLOCK_TOKENS) {
             let key = block_key(parent, chunk);
-            let block = match self.blocks.get(&key) {
-                Some(e) => Some(e.block.clone()),
-                None => self.load_from_disk(key, &found),
-            };
+            let block = self.blocks.get(&key).map(|e| e.block.clone());
             // A key collision would show as different ids or parent: treat it as a miss.
             match block {
                 Some(b) if b.parent == parent && b.ids == chunk => found.push(b),
@@ -220,6 +217,31 @@ impl PrefixCache {
         self.metrics.cache_size(self.blocks.len(), self.bytes);
     }
 
+    /// For a prompt whose cached prefix may continue on disk: a reader and the keys of
+    /// `ids[..limit]`'s blocks from the first one not in memory, to be read off the engine
+    /// thread ([`read_chain`]) and handed back with [`Self::add_loaded`] before admission.
+    pub fn disk_job(&self, ids: &[u32], limit: usize) -> Option<(DiskReader, Vec<u64>)> {
+        let reader = self.disk.as_ref()?.reader();
+        let keys = chain_keys(&ids[..limit.min(ids.len())]);
+        let first = keys.iter().position(|k| !self.blocks.contains_key(k))?;
+        Some((reader, keys[first..].to_vec()))
+    }
+
+    /// Keeps blocks read by a [`Self::disk_job`] for `ids` in memory, as a lookup that found
+    /// them on disk would (the lookup at admission then checks them as usual).
+    pub fn add_loaded(&mut self, ids: &[u32], blocks: Vec<Block>) {
+        let keys = chain_keys(ids);
+        for block in blocks {
+            let Some(i) = keys.iter().position(|&k| k == block.key) else {
+                continue;
+            };
+            if !self.blocks.contains_key(&block.key) {
+                self.add(Arc::new(block), true, &keys[..i]);
+            }
+        }
+        self.metrics.cache_size(self.blocks.len(), self.bytes);
+    }
+
     /// Writes every block not yet on disk and waits for the writes (at shutdown).
     pub fn flush(&mut self) {
         let Some(disk) = self.disk.take() else { return };
@@ -227,15 +249,6 @@ impl PrefixCache {
             e.on_disk = disk.store_blocking(e.block.clone());
         }
         disk.close();
-    }
-
-    /// Reads block `key` from disk and keeps it in memory if it fits beside `chain`, the
-    /// blocks before it in the prefix being looked up.
-    fn load_from_disk(&mut self, key: u64, chain: &[Arc<Block>]) -> Option<Arc<Block>> {
-        let block = Arc::new(self.disk.as_ref()?.load(key)?);
-        let chain: Vec<u64> = chain.iter().map(|b| b.key).collect();
-        self.add(block.clone(), true, &chain);
-        Some(block)
     }
 
     /// Adds a block, evicting least recently used ones to stay within the budget, but
@@ -284,6 +297,11 @@ impl PrefixCache {
             }
         }
     }
+}
+
+/// Reads the blocks of `keys` in order, stopping at the first one missing or rejected.
+pub fn read_chain(reader: &DiskReader, keys: &[u64]) -> Vec<Block> {
+    keys.iter().map_while(|&k| reader.load(k)).collect()
 }
 
 #[cfg(test)]

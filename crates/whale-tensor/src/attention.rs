@@ -196,16 +196,7 @@ impl State {
                     pt.extend((g0..g0 + m).map(|i| scores[i * BLOCK + j]));
                 }
                 let a = &mut self.acc[g0 * v_cols..(g0 + m) * v_cols];
-                match m {
-                    1 => kernels::weighted_rows::<1>(isa, a, &pt, block, stride),
-                    2 => kernels::weighted_rows::<2>(isa, a, &pt, block, stride),
-                    3 => kernels::weighted_rows::<3>(isa, a, &pt, block, stride),
-                    4 => kernels::weighted_rows::<4>(isa, a, &pt, block, stride),
-                    5 => kernels::weighted_rows::<5>(isa, a, &pt, block, stride),
-                    6 => kernels::weighted_rows::<6>(isa, a, &pt, block, stride),
-                    7 => kernels::weighted_rows::<7>(isa, a, &pt, block, stride),
-                    _ => kernels::weighted_rows::<8>(isa, a, &pt, block, stride),
-                }
+                kernels::weighted_rows_dyn(isa, m, a, &pt, block, stride);
             }
         }
     }

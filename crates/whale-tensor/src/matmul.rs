@@ -175,16 +175,7 @@ pub fn weighted_rows(out: &mut [f32], p: &[f32], w: Rows, rows: usize, cols: usi
                     pt.extend((g0..g0 + m).map(|t| p[t * rows + j]));
                 }
                 let a = &mut acc[(g0 - ts.start) * cols..(g0 - ts.start + m) * cols];
-                match m {
-                    1 => kernels::weighted_rows::<1>(isa, a, &pt, wb, stride),
-                    2 => kernels::weighted_rows::<2>(isa, a, &pt, wb, stride),
-                    3 => kernels::weighted_rows::<3>(isa, a, &pt, wb, stride),
-                    4 => kernels::weighted_rows::<4>(isa, a, &pt, wb, stride),
-                    5 => kernels::weighted_rows::<5>(isa, a, &pt, wb, stride),
-                    6 => kernels::weighted_rows::<6>(isa, a, &pt, wb, stride),
-                    7 => kernels::weighted_rows::<7>(isa, a, &pt, wb, stride),
-                    _ => kernels::weighted_rows::<8>(isa, a, &pt, wb, stride),
-                }
+                kernels::weighted_rows_dyn(isa, m, a, &pt, wb, stride);
             }
         }
     };

@@ -201,6 +201,22 @@ pub fn exp_sub_sum(isa: Isa, x: &mut [f32], m: f32) -> f32 {
     }
 }
 
+/// [`weighted_rows`] for `n` ≤ 8 sums chosen at run time (`p`: `rows × n`).
+#[inline]
+pub fn weighted_rows_dyn(isa: Isa, n: usize, acc: &mut [f32], p: &[f32], w: &[f32], stride: usize) {
+    match n {
+        1 => weighted_rows::<1>(isa, acc, p, w, stride),
+        2 => weighted_rows::<2>(isa, acc, p, w, stride),
+        3 => weighted_rows::<3>(isa, acc, p, w, stride),
+        4 => weighted_rows::<4>(isa, acc, p, w, stride),
+        5 => weighted_rows::<5>(isa, acc, p, w, stride),
+        6 => weighted_rows::<6>(isa, acc, p, w, stride),
+        7 => weighted_rows::<7>(isa, acc, p, w, stride),
+        8 => weighted_rows::<8>(isa, acc, p, w, stride),
+        _ => panic!("weighted_rows_dyn: {n} sums (at most 8)"),
+    }
+}
+
 /// `y += a · x` with the detected instruction set (what [`crate::ops::axpy`] calls).
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {

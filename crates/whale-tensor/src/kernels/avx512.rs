@@ -127,10 +127,14 @@ pub unsafe fn dot_q4_kx16<const N: usize>(
         let mut sumi = [_mm512_setzero_si512(); N];
         for c in 0..4 {
             let p = wb.qs.as_ptr().add(512 * c);
-            let raw: [__m512i; 8] =
-                std::array::from_fn(|l| _mm512_loadu_si512(p.add(64 * l).cast()));
-            let lo = raw.map(|r| _mm512_and_si512(r, m4));
-            let hi = raw.map(|r| _mm512_and_si512(_mm512_srli_epi16(r, 4), m4));
+            // Plain loops: `array::map` here was compiled out of line (profiled), with the
+            // vectors passed through memory.
+            let (mut lo, mut hi) = ([_mm512_setzero_si512(); 8], [_mm512_setzero_si512(); 8]);
+            for l in 0..8 {
+                let raw = _mm512_loadu_si512(p.add(64 * l).cast());
+                lo[l] = _mm512_and_si512(raw, m4);
+                hi[l] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+            }
             let sc = wb.scales.as_ptr().add(32 * c);
             let sc_lo = _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.cast()));
             let sc_hi = _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.add(16).cast()));
@@ -308,7 +312,11 @@ pub unsafe fn dot_f32<const N: usize>(w: &[f32], a: [&[f32]; N]) -> [f32; N] {
         }
         i += 16;
     }
-    std::array::from_fn(|t| _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t])))
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+    }
+    out
 }
 
 /// Four f32 rows · `N` (≤ 4) f32 rows: a 4 × `N` tile of sums in registers, so each 16-column
@@ -343,7 +351,14 @@ pub unsafe fn dot_f32_rows<const N: usize>(w: [&[f32]; 4], a: [&[f32]; N]) -> [[
         }
         i += 16;
     }
-    acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)))
+    // Plain loops: a closure here was compiled out of line, with the tile passed in memory.
+    let mut out = [[0.0f32; N]; 4];
+    for r in 0..4 {
+        for t in 0..N {
+            out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+        }
+    }
+    out
 }
 
 /// `acc[t][c] += Σ_j p[j][t] · w[j][c]`: AVX2's register-tiled kernel at twice the width and

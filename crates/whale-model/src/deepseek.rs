@@ -571,10 +571,10 @@ impl Model {
         let mut kv = vec![0.0f32; t * ld];
         matmul(&mut kv, x, &a.kv_a, t);
 
+        // Per step: rotate, cache the latents, and attend at once in the naive form; steps in
+        // the absorbed form are gathered so that each head's W_UK and W_UV products run once
+        // over all their tokens (a server batch of decode steps reads those weights once).
         let mut out = vec![0.0f32; t * h * vd]; // [t, h, v]
-                                                // Per step: rotate, cache the latents, and attend at once in the naive form; steps in
-                                                // the absorbed form are gathered so that each head's W_UK and W_UV products run once
-                                                // over all their tokens (a server batch of decode steps reads those weights once).
         let mut absorbed = Vec::new(); // (step, first token in the batch, tokens)
         let mut start = 0;
         for (i, step) in steps.iter_mut().enumerate() {
@@ -620,8 +620,9 @@ impl Model {
                 .copied()
                 .collect();
             let q_lat = self.absorb_queries(ab, &q_abs, tokens); // [tokens, h, c + r]
-                                                                 // Each step over its own cache; steps side by side (a decode step's pass over a
-                                                                 // short cache is one task).
+
+            // Each step over its own cache; steps side by side (a decode step's pass over a
+            // short cache is one task).
             let mut parts = Vec::with_capacity(absorbed.len());
             let mut k = 0;
             for &(i, _, n) in &absorbed {
@@ -699,7 +700,8 @@ impl Model {
                     .collect();
                 let values = &kvb[head * (nd + vd) + nd..]; // row j at j·h·(n + v)
                 let mut o = vec![0.0f32; n * vd]; // [s, v]
-                                                  // Query tokens in blocks: bounded scratch, causal rows only.
+
+                // Query tokens in blocks: bounded scratch, causal rows only.
                 let block = ((1 << 20) / total.max(1)).clamp(1, 64);
                 for s0 in (0..n).step_by(block) {
                     let s1 = (s0 + block).min(n);
@@ -767,10 +769,11 @@ impl Model {
     fn latent_attention(&self, q_lat: &[f32], cached: Rows, p0: usize, o_lat: &mut [f32]) {
         let MlaDims { h, cd, ld, .. } = MlaDims::of(&self.config);
         let n = q_lat.len() / (h * ld); // query tokens
-                                        // Query tokens in blocks of at most 32: bounded scratch (≤ 4M scores, 16 MiB) and,
-                                        // under the causal mask, each block scores only the rows its last token can see (in a
-                                        // 512-token prefill, about half the score work of one block; 32 tokens × h heads are
-                                        // still enough query rows for the matmul's tiles).
+
+        // Query tokens in blocks of at most 32: bounded scratch (≤ 4M scores, 16 MiB) and,
+        // under the causal mask, each block scores only the rows its last token can see (in a
+        // 512-token prefill, about half the score work of one block; 32 tokens × h heads are
+        // still enough query rows for the matmul's tiles).
         let block = ((4 << 20) / (h * (p0 + n)).max(1)).clamp(1, 32);
         for s0 in (0..n).step_by(block) {
             let s1 = (s0 + block).min(n);

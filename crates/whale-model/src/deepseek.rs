@@ -743,18 +743,7 @@ impl Model {
         let MlaDims {
             h, nd, cd, qk, ld, ..
         } = MlaDims::of(&self.config);
-        let per_head: Vec<Vec<f32>> = (0..h)
-            .into_par_iter()
-            .map(|head| {
-                let q_nope: Vec<f32> = (0..t)
-                    .flat_map(|s| &q[(s * h + head) * qk..][..nd])
-                    .copied()
-                    .collect();
-                let mut abs = vec![0.0f32; t * cd];
-                matmul(&mut abs, &q_nope, &ab.uk_t[head], t);
-                abs
-            })
-            .collect();
+        let per_head = per_head_matmul(q, h, qk, nd, &ab.uk_t, t);
         let mut q_lat = vec![0.0f32; t * h * ld];
         for (idx, q_l) in q_lat.chunks_exact_mut(ld).enumerate() {
             let (s, head) = (idx / h, idx % h);
@@ -809,18 +798,7 @@ impl Model {
     /// `[t, h, v]`, one matmul per head over all `t` tokens.
     fn expand_values(&self, ab: &Absorbed, o_lat: &[f32], t: usize) -> Vec<f32> {
         let MlaDims { h, vd, cd, .. } = MlaDims::of(&self.config);
-        let per_head: Vec<Vec<f32>> = (0..h)
-            .into_par_iter()
-            .map(|head| {
-                let lat: Vec<f32> = (0..t)
-                    .flat_map(|s| &o_lat[(s * h + head) * cd..][..cd])
-                    .copied()
-                    .collect();
-                let mut o = vec![0.0f32; t * vd];
-                matmul(&mut o, &lat, &ab.uv[head], t);
-                o
-            })
-            .collect();
+        let per_head = per_head_matmul(o_lat, h, cd, cd, &ab.uv, t);
         let mut out = vec![0.0f32; t * h * vd];
         for (idx, o) in out.chunks_exact_mut(vd).enumerate() {
             let (s, head) = (idx / h, idx % h);
@@ -897,6 +875,30 @@ impl Mlp {
         matmul(&mut y, &g, &self.down, t);
         y
     }
+}
+
+/// For `x` of shape `[t, h, stride]`: each head's first `width` values of every token times
+/// that head's weight, `[h][t, weights[head].rows]` (one matmul per head, heads side by side).
+fn per_head_matmul(
+    x: &[f32],
+    h: usize,
+    stride: usize,
+    width: usize,
+    weights: &[Weight],
+    t: usize,
+) -> Vec<Vec<f32>> {
+    (0..h)
+        .into_par_iter()
+        .map(|head| {
+            let xs: Vec<f32> = (0..t)
+                .flat_map(|s| &x[(s * h + head) * stride..][..width])
+                .copied()
+                .collect();
+            let mut out = vec![0.0f32; t * weights[head].rows];
+            matmul(&mut out, &xs, &weights[head], t);
+            out
+        })
+        .collect()
 }
 
 /// Chooses `num_experts_per_tok` experts for one token from its router logits and returns

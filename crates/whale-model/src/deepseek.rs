@@ -714,13 +714,7 @@ impl Model {
                     let keys = Rows::f32(&keys, qk);
                     matmul_rows(&mut probs, &qh, keys, visible_all, qk, s1 - s0);
                     for (i, p) in probs.chunks_exact_mut(visible_all).enumerate() {
-                        let visible = p0 + s0 + i + 1; // causal: keys 0..=p0+s
-                        let (p, masked) = p.split_at_mut(visible);
-                        for v in p.iter_mut() {
-                            *v *= self.softmax_scale;
-                        }
-                        softmax(p);
-                        masked.fill(0.0);
+                        causal_softmax(p, p0 + s0 + i + 1, self.softmax_scale);
                     }
                     let o = &mut o[s0 * vd..s1 * vd];
                     let values = Rows::f32(values, h * (nd + vd));
@@ -781,15 +775,7 @@ impl Model {
             probs
                 .par_chunks_mut(total)
                 .enumerate()
-                .for_each(|(idx, p)| {
-                    let visible = p0 + s0 + idx / h + 1; // causal: keys 0..=p0+s
-                    let (p, masked) = p.split_at_mut(visible);
-                    for v in p.iter_mut() {
-                        *v *= self.softmax_scale;
-                    }
-                    softmax(p);
-                    masked.fill(0.0);
-                });
+                .for_each(|(idx, p)| causal_softmax(p, p0 + s0 + idx / h + 1, self.softmax_scale));
             weighted_rows(o, &probs, cached, total, cd); // Σ p·c_KV
         }
     }
@@ -875,6 +861,17 @@ impl Mlp {
         matmul(&mut y, &g, &self.down, t);
         y
     }
+}
+
+/// One query's scores over the cache turned into probabilities in place: the first `visible`
+/// (causal: keys `0..=position`) scaled and softmaxed, the rest zero.
+fn causal_softmax(p: &mut [f32], visible: usize, scale: f32) {
+    let (p, masked) = p.split_at_mut(visible);
+    for v in p.iter_mut() {
+        *v *= scale;
+    }
+    softmax(p);
+    masked.fill(0.0);
 }
 
 /// For `x` of shape `[t, h, stride]`: each head's first `width` values of every token times

@@ -11,7 +11,8 @@ use std::path::Path;
 use rayon::prelude::*;
 use whale_tensor::ops::{axpy, rms_norm_rows, sigmoid, softmax, swiglu};
 use whale_tensor::{
-    attend_rows, matmul, matmul_rows, weighted_rows, Isa, QuantType, Rows, Weight, WeightData,
+    attend_rows, matmul, matmul_heads, matmul_rows, weighted_rows, Isa, QuantType, Rows, Weight,
+    WeightData,
 };
 
 use crate::cache::{CacheType, LatentCache};
@@ -134,13 +135,14 @@ struct Mla {
     o: Weight,
 }
 
-/// `kv_b`'s two halves per head, in f32, as the absorbed form's matmuls read them.
+/// `kv_b`'s two halves, each head's matrix stacked one above the next, as the absorbed form's
+/// per-head matmuls ([`matmul_heads`]) read them.
 struct Absorbed {
-    /// `W_UKᵀ`, `[c, n]` per head: `q_nope · W_UK` (the query taken into latent space) is a
-    /// matmul against its rows.
-    uk_t: Vec<Weight>,
-    /// `W_UV`, `[v, c]` per head: maps the attended latent back to the head's value.
-    uv: Vec<Weight>,
+    /// `W_UKᵀ` per head, `[h·c, n]`: `q_nope · W_UK` (the query taken into latent space) is a
+    /// matmul against head g's rows `g·c..(g + 1)·c`.
+    uk_t: Weight,
+    /// `W_UV` per head, `[h·v, c]`: maps the attended latent back to the head's value.
+    uv: Weight,
 }
 
 impl Absorbed {
@@ -158,27 +160,29 @@ impl Absorbed {
                 | WeightData::Bf16(_)
                 | WeightData::Fp8Block { .. }
         );
+        // `rows` per head; interleaving needs each head's rows to be whole groups of 16.
         let store = |rows: usize, cols: usize, values: Vec<f32>| {
-            let w = Weight::from_f32(rows, cols, values);
-            match float || !QuantType::Q8_0.fits(cols) {
-                true => w,
-                false => w
-                    .quantize(QuantType::Q8_0)
-                    .expect("rows are whole Q8_0 blocks (checked)")
-                    .for_isa(Isa::detect()),
+            let w = Weight::from_f32(h * rows, cols, values);
+            if float || !QuantType::Q8_0.fits(cols) {
+                return w;
+            }
+            let q = w
+                .quantize(QuantType::Q8_0)
+                .expect("rows are whole Q8_0 blocks (checked)");
+            match rows % 16 {
+                0 => q.for_isa(Isa::detect()),
+                _ => q,
             }
         };
         let head = |i: usize| &dense[i * (nd + vd) * cd..(i + 1) * (nd + vd) * cd];
         let uk_t = (0..h)
-            .map(|i| {
+            .flat_map(|i| {
                 let uk = &head(i)[..nd * cd]; // [n, c]
-                let t = (0..cd * nd).map(|k| uk[(k % nd) * cd + k / nd]).collect();
-                store(cd, nd, t)
+                (0..cd * nd).map(move |k| uk[(k % nd) * cd + k / nd])
             })
             .collect();
-        let uv = (0..h)
-            .map(|i| store(vd, cd, head(i)[nd * cd..].to_vec()))
-            .collect();
+        let uv = (0..h).flat_map(|i| &head(i)[nd * cd..]).copied().collect();
+        let (uk_t, uv) = (store(cd, nd, uk_t), store(vd, cd, uv));
         Absorbed { uk_t, uv }
     }
 }
@@ -468,6 +472,10 @@ impl Model {
     /// projection and expert together, so concurrent sequences share each weight read;
     /// attention stays per sequence, over its own cache. Returns each step's logits.
     pub fn forward_batch(&self, steps: &mut [Step]) -> Result<Vec<Vec<f32>>> {
+        whale_tensor::on_pool(|| self.forward_on_pool(steps))
+    }
+
+    fn forward_on_pool(&self, steps: &mut [Step]) -> Result<Vec<Vec<f32>>> {
         let c = &self.config;
         for step in steps.iter() {
             if let Some((i, &id)) = step
@@ -737,12 +745,17 @@ impl Model {
         let MlaDims {
             h, nd, cd, qk, ld, ..
         } = MlaDims::of(&self.config);
-        let per_head = per_head_matmul(q, h, qk, nd, &ab.uk_t, t);
+        let q_nope: Vec<f32> = q.chunks_exact(qk).flat_map(|q| &q[..nd]).copied().collect();
+        let mut lat = vec![0.0f32; t * h * cd]; // [t, h, c]
+        matmul_heads(&mut lat, &q_nope, &ab.uk_t, h, t);
         let mut q_lat = vec![0.0f32; t * h * ld];
-        for (idx, q_l) in q_lat.chunks_exact_mut(ld).enumerate() {
-            let (s, head) = (idx / h, idx % h);
-            q_l[..cd].copy_from_slice(&per_head[head][s * cd..][..cd]);
-            q_l[cd..].copy_from_slice(&q[(s * h + head) * qk + nd..][..ld - cd]);
+        for ((q_l, l), q) in q_lat
+            .chunks_exact_mut(ld)
+            .zip(lat.chunks_exact(cd))
+            .zip(q.chunks_exact(qk))
+        {
+            q_l[..cd].copy_from_slice(l);
+            q_l[cd..].copy_from_slice(&q[nd..]);
         }
         q_lat
     }
@@ -781,15 +794,11 @@ impl Model {
     }
 
     /// Absorbed MLA, step 3: the attended latents `[t, h, c]` back to each head's values
-    /// `[t, h, v]`, one matmul per head over all `t` tokens.
+    /// `[t, h, v]`, each head's own matrix, all heads in one batched matmul.
     fn expand_values(&self, ab: &Absorbed, o_lat: &[f32], t: usize) -> Vec<f32> {
-        let MlaDims { h, vd, cd, .. } = MlaDims::of(&self.config);
-        let per_head = per_head_matmul(o_lat, h, cd, cd, &ab.uv, t);
+        let MlaDims { h, vd, .. } = MlaDims::of(&self.config);
         let mut out = vec![0.0f32; t * h * vd];
-        for (idx, o) in out.chunks_exact_mut(vd).enumerate() {
-            let (s, head) = (idx / h, idx % h);
-            o.copy_from_slice(&per_head[head][s * vd..][..vd]);
-        }
+        matmul_heads(&mut out, o_lat, &ab.uv, h, t);
         out
     }
 
@@ -872,30 +881,6 @@ fn causal_softmax(p: &mut [f32], visible: usize, scale: f32) {
     }
     softmax(p);
     masked.fill(0.0);
-}
-
-/// For `x` of shape `[t, h, stride]`: each head's first `width` values of every token times
-/// that head's weight, `[h][t, weights[head].rows]` (one matmul per head, heads side by side).
-fn per_head_matmul(
-    x: &[f32],
-    h: usize,
-    stride: usize,
-    width: usize,
-    weights: &[Weight],
-    t: usize,
-) -> Vec<Vec<f32>> {
-    (0..h)
-        .into_par_iter()
-        .map(|head| {
-            let xs: Vec<f32> = (0..t)
-                .flat_map(|s| &x[(s * h + head) * stride..][..width])
-                .copied()
-                .collect();
-            let mut out = vec![0.0f32; t * weights[head].rows];
-            matmul(&mut out, &xs, &weights[head], t);
-            out
-        })
-        .collect()
 }
 
 /// Chooses `num_experts_per_tok` experts for one token from its router logits and returns

@@ -38,8 +38,25 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Weight, n_tokens: usize) {
 /// [`matmul`] with an explicit instruction set (`Isa::SCALAR` is the reference path; benchmarks
 /// and tests compare the two in one process).
 pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: usize) {
+    heads_with(isa, out, x, w, 1, n_tokens);
+}
+
+/// A batched matmul over heads: `w` stacks `heads` matrices of `w.rows / heads` rows each,
+/// `x` is `[t, heads, cols]` and `out[t, g, ·] = x[t, g, ·] · W_gᵀ`, so `out` is `[t, heads,
+/// w.rows / heads]`. One parallel region for all heads instead of one small matmul per head
+/// (MLA's absorbed per-head projections: sixteen 70 KB matrices per layer and token).
+/// Interleaved weights need `w.rows / heads` to be a multiple of 16 (see [`Weight::for_isa`]).
+pub fn matmul_heads(out: &mut [f32], x: &[f32], w: &Weight, heads: usize, n_tokens: usize) {
+    heads_with(Isa::detect(), out, x, w, heads, n_tokens);
+}
+
+fn heads_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, heads: usize, n_tokens: usize) {
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(x.len(), n_tokens * cols, "matmul input length");
+    assert!(
+        heads >= 1 && rows % heads == 0,
+        "{rows} rows in {heads} heads"
+    );
+    assert_eq!(x.len(), n_tokens * heads * cols, "matmul input length");
     assert_eq!(out.len(), n_tokens * rows, "matmul output length");
     if n_tokens == 0 || rows == 0 {
         return;
@@ -53,6 +70,7 @@ pub fn matmul_with(isa: Isa, out: &mut [f32], x: &[f32], w: &Weight, n_tokens: u
         rows,
         cols,
         n_tokens,
+        heads,
     };
     match &w.data {
         WeightData::F32(v) => tiled(isa, shape, v, x, out),
@@ -91,6 +109,7 @@ pub fn matmul_rows(out: &mut [f32], x: &[f32], w: Rows, rows: usize, cols: usize
             rows,
             cols,
             n_tokens,
+            heads: 1,
         };
         return tiled(isa, shape, &v[..rows * cols], x, out);
     }
@@ -106,6 +125,7 @@ pub fn matmul_rows(out: &mut [f32], x: &[f32], w: Rows, rows: usize, cols: usize
             rows,
             cols: padded,
             n_tokens,
+            heads: 1,
         };
         return quantized(isa, shape, &v[..rows * padded / 32], &xp, out);
     }
@@ -121,6 +141,7 @@ pub fn matmul_rows(out: &mut [f32], x: &[f32], w: Rows, rows: usize, cols: usize
                 rows: j1 - j0,
                 cols,
                 n_tokens,
+                heads: 1,
             };
             tiled(isa, shape, &block, x, &mut part);
             part
@@ -218,9 +239,21 @@ struct Shape {
     rows: usize,
     cols: usize,
     n_tokens: usize,
+    /// Row blocks with their own activation rows ([`matmul_heads`]); 1 for a plain matmul.
+    heads: usize,
 }
 
 impl Shape {
+    /// Rows per head.
+    fn head_rows(self) -> usize {
+        self.rows / self.heads
+    }
+
+    /// Index of the activation row that token `t` uses for weight row `r`.
+    fn act_row(self, t: usize, r: usize) -> usize {
+        t * self.heads + r / self.head_rows()
+    }
+
     /// Rows per parallel task: about eight tasks per thread (balance on a shared machine), at
     /// least 16 rows, and everything in one task when the product is small.
     fn rows_per_task(self) -> usize {
@@ -241,8 +274,8 @@ fn quantized<B: GgmlType>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut [f32
 /// Each token's activations as `A` blocks (tokens in parallel).
 fn quantize_acts<A: ActBlock>(isa: Isa, s: Shape, x: &[f32]) -> Vec<A> {
     let per_token = A::row_len(s.cols);
-    let mut acts = vec![A::default(); s.n_tokens * per_token];
-    if s.n_tokens == 1 {
+    let mut acts = vec![A::default(); s.n_tokens * s.heads * per_token];
+    if s.n_tokens * s.heads == 1 {
         A::quantize_act(isa, x, &mut acts);
     } else {
         acts.par_chunks_mut(per_token)
@@ -259,8 +292,13 @@ const TILE_X16: usize = 8;
 /// Sixteen-row groups of interleaved blocks against every token, `TILE_X16` tokens at a time;
 /// the group (16 rows × cols) stays in L1/L2 while the tiles pass over it.
 fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut [f32]) {
+    assert_eq!(
+        s.head_rows() % ROWS,
+        0,
+        "interleaved heads need whole row groups"
+    );
     let acts = quantize_acts::<Act<B>>(isa, s, x);
-    let a_len = acts.len() / s.n_tokens;
+    let a_len = acts.len() / (s.n_tokens * s.heads);
     let per_row = s.cols / B::Plain::BLOCK;
     let groups = s.rows / ROWS;
     let out = SharedOut::new(out);
@@ -271,7 +309,7 @@ fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut
             let mut t0 = 0;
             while t0 < s.n_tokens {
                 let n = TILE_X16.min(s.n_tokens - t0);
-                let act = |i: usize| &acts[(t0 + i) * a_len..(t0 + i + 1) * a_len];
+                let act = |i: usize| &acts[s.act_row(t0 + i, g * ROWS) * a_len..][..a_len];
                 let put = |dots: &[[f32; ROWS]]| {
                     for (i, d) in dots.iter().enumerate() {
                         for (r, &v) in d.iter().enumerate() {
@@ -350,17 +388,20 @@ fn write_rows<const N: usize>(
 /// Rows of `w` (each `w.len() / rows` elements) against token rows of `acts`, tiled over tokens.
 fn tiled<W: VecDot>(isa: Isa, s: Shape, w: &[W], acts: &[W::Act], out: &mut [f32]) {
     let w_len = w.len() / s.rows;
-    let a_len = acts.len() / s.n_tokens;
+    let a_len = acts.len() / (s.n_tokens * s.heads);
     let out = SharedOut::new(out);
     let rows_per_task = s.rows_per_task();
     let task = |first: usize| {
         let last = (first + rows_per_task).min(s.rows);
-        for group in (first..last).step_by(ROW_GROUP) {
-            let group_end = (group + ROW_GROUP).min(last);
+        let mut group = first;
+        while group < last {
+            // A group never spans two heads: its rows share their activation rows.
+            let head_end = (group / s.head_rows() + 1) * s.head_rows();
+            let group_end = (group + ROW_GROUP).min(last).min(head_end);
             let mut t0 = 0;
             while t0 < s.n_tokens {
                 let n = TILE.min(s.n_tokens - t0);
-                let act = |i: usize| &acts[(t0 + i) * a_len..(t0 + i + 1) * a_len];
+                let act = |i: usize| &acts[s.act_row(t0 + i, group) * a_len..][..a_len];
                 if group_end - group == ROW_GROUP {
                     let rows = std::array::from_fn(|i| &w[(group + i) * w_len..][..w_len]);
                     let at = (s.rows, t0, group);
@@ -394,6 +435,7 @@ fn tiled<W: VecDot>(isa: Isa, s: Shape, w: &[W], acts: &[W::Act], out: &mut [f32
                 }
                 t0 += n;
             }
+            group = group_end;
         }
     };
     if rows_per_task >= s.rows {
@@ -421,7 +463,7 @@ fn decoded(isa: Isa, s: Shape, w: &Weight, x: &[f32], out: &mut [f32]) {
                 for r in first..(first + rows_per_task).min(s.rows) {
                     w.row_into(r, row);
                     for t in 0..s.n_tokens {
-                        let d = dot(row, &x[t * s.cols..(t + 1) * s.cols]);
+                        let d = dot(row, &x[s.act_row(t, r) * s.cols..][..s.cols]);
                         // SAFETY: row r belongs to this task alone.
                         unsafe { out.write(t * s.rows + r, d) };
                     }
@@ -552,6 +594,64 @@ mod tests {
                         "{q} {}: t={t} rows={rows} cols={cols}: {err}",
                         isa.name()
                     );
+                }
+            }
+        }
+    }
+
+    /// A batched matmul over heads equals one matmul per head, bit for bit, for float,
+    /// row-major and interleaved block weights (heads of 6 rows split the four-row groups of
+    /// the row-major path; heads of 32 and 48 rows are whole interleaved groups), every ISA.
+    #[test]
+    fn matmul_heads_equals_a_matmul_per_head() {
+        let to = |q: Option<QuantType>, rows: usize, cols: usize, v: &[f32], x16: bool| {
+            let w = Weight::from_f32(rows, cols, v.to_vec());
+            let w = match q {
+                Some(q) => w.quantize(q).unwrap(),
+                None => w,
+            };
+            if x16 {
+                w.interleaved()
+            } else {
+                w
+            }
+        };
+        for &(t, heads, head_rows, cols) in &[(1, 3, 6, 64), (5, 4, 32, 64), (9, 2, 48, 256)] {
+            let rows = heads * head_rows;
+            let wf = values(rows * cols, 21);
+            let x = values(t * heads * cols, 22);
+            for (q, x16) in [
+                (None, false),
+                (Some(QuantType::Bf16), false),
+                (Some(QuantType::Q8_0), false),
+                (Some(QuantType::Q8_0), true),
+                (Some(QuantType::Q4K), true),
+            ] {
+                if (x16 && head_rows % 16 != 0) || q.is_some_and(|q| !q.fits(cols)) {
+                    continue;
+                }
+                let w = to(q, rows, cols, &wf, x16);
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; t * rows];
+                    heads_with(isa, &mut got, &x, &w, heads, t);
+                    for g in 0..heads {
+                        let wg = &wf[g * head_rows * cols..(g + 1) * head_rows * cols];
+                        let wg = to(q, head_rows, cols, wg, x16);
+                        let xg: Vec<f32> = (0..t)
+                            .flat_map(|s| &x[(s * heads + g) * cols..][..cols])
+                            .copied()
+                            .collect();
+                        let mut want = vec![f32::NAN; t * head_rows];
+                        matmul_with(isa, &mut want, &xg, &wg, t);
+                        for s in 0..t {
+                            assert_eq!(
+                                &got[(s * heads + g) * head_rows..][..head_rows],
+                                &want[s * head_rows..][..head_rows],
+                                "{q:?} x16={x16} {}: t={t} head {g}",
+                                isa.name()
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -26,6 +26,16 @@ pub fn threads() -> usize {
     *POOL_THREADS.get_or_init(|| build_global(physical_cores()))
 }
 
+/// Runs `f` on one of the pool's workers and waits for it. A parallel kernel called from a
+/// thread outside the pool hands its work to the pool and then sleeps on a latch until the
+/// workers finish, so every matmul of a decode step would pay two thread wake-ups (tens of µs
+/// each on a VM); called from a worker, the caller does its share and the idle worker, still
+/// spinning between the step's many small kernels, steals the rest. Wrap a whole forward pass.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    threads(); // build the pool with whale's default size if nothing has yet
+    rayon::scope(|_| f())
+}
+
 fn build_global(n: usize) -> usize {
     let built = rayon::ThreadPoolBuilder::new()
         .num_threads(n)

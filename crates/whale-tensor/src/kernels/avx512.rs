@@ -264,20 +264,23 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
     out
 }
 
-/// Asks for the cache lines `DISTANCE` bytes past block `b` now (one block's worth), so that
-/// the kernels keep enough reads in flight to stream weights at DRAM speed in decode: the
-/// hardware prefetcher alone falls short on these layouts (measured: Q6_K's lm_head in
-/// decode was slower interleaved than row-major without this, and faster with it).
+/// Asks now, into L2, for the cache lines `DISTANCE` bytes past block `b` (one block's
+/// worth), so that decode keeps enough reads in flight to stream weights at DRAM speed. A
+/// single stream per core with only the hardware prefetcher reads about 25 GB/s on the test
+/// machine, and 31 GB/s with software prefetches 8–64 KB ahead into L2 (measured with a plain
+/// read loop); at 2 KB into L1, as before, the Q4_0 decode ran 7% slower. Past the end of `w`
+/// the addresses are the next row group's (or nothing: a prefetch never faults), hence the
+/// wrapping arithmetic instead of in-bounds pointers.
 #[inline(always)]
 fn prefetch_ahead<T>(w: &[T], b: usize) {
-    const DISTANCE: usize = 2048;
+    const DISTANCE: usize = 32 << 10;
     let size = std::mem::size_of::<T>();
-    let end = std::mem::size_of_val(w);
     let start = b * size + DISTANCE;
     let base = w.as_ptr().cast::<i8>();
-    for off in (start..(start + size).min(end)).step_by(64) {
-        // SAFETY: off < the slice's byte length; prefetching never faults.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(off)) };
+    for off in (start..start + size).step_by(64) {
+        // SAFETY: prefetching is a hint; it reads nothing and never faults, whatever the
+        // address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
     }
 }
 

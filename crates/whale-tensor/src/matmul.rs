@@ -312,10 +312,8 @@ fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut
                 let act = |i: usize| &acts[s.act_row(t0 + i, g * ROWS) * a_len..][..a_len];
                 let put = |dots: &[[f32; ROWS]]| {
                     for (i, d) in dots.iter().enumerate() {
-                        for (r, &v) in d.iter().enumerate() {
-                            // SAFETY: rows 16g..16g + 16 belong to this task alone.
-                            unsafe { out.write((t0 + i) * s.rows + g * ROWS + r, v) };
-                        }
+                        // SAFETY: rows 16g..16g + 16 belong to this task alone.
+                        unsafe { out.write_slice((t0 + i) * s.rows + g * ROWS, d) };
                     }
                 };
                 match n {
@@ -367,6 +365,18 @@ impl SharedOut {
         assert!(i < self.len);
         // SAFETY: in bounds (asserted), and exclusive by the caller's contract.
         unsafe { self.ptr.add(i).write(v) }
+    }
+
+    /// Writes `v` at indices `i..i + v.len()` as one copy (a row group's sixteen sums for a
+    /// token: element by element, those stores were 4% of a prefill's cycles).
+    ///
+    /// # Safety
+    /// No other thread may access those indices during the parallel region.
+    #[inline]
+    unsafe fn write_slice(&self, i: usize, v: &[f32]) {
+        assert!(i + v.len() <= self.len);
+        // SAFETY: in bounds (asserted), and exclusive by the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) }
     }
 }
 

@@ -123,9 +123,9 @@ pub unsafe fn dot_q4_kx16<const N: usize>(
     let m4 = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); N];
     for (b, wb) in w.iter().enumerate() {
-        prefetch_ahead(w, b);
         let mut sumi = [_mm512_setzero_si512(); N];
         for c in 0..4 {
+            prefetch_ahead_part(w, b, c);
             let p = wb.qs.as_ptr().add(512 * c);
             // Plain loops: `array::map` here was compiled out of line (profiled), with the
             // vectors passed through memory.
@@ -195,10 +195,10 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
     let m30 = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); N];
     for (b, wb) in w.iter().enumerate() {
-        prefetch_ahead(w, b);
         let mut sumi = [_mm512_setzero_si512(); N];
         // Lines 4s..4s + 4 of each quarter: sub-blocks s, s + 4, s + 8, s + 12.
         for s in 0..4 {
+            prefetch_ahead_part(w, b, s);
             // Plain loops, not closures: a closure does not inherit this function's target
             // features, and LLVM left the decoding out of line (3% of Q4_0 decode).
             let mut lines = [[_mm512_setzero_si512(); 4]; 4];
@@ -280,6 +280,22 @@ fn prefetch_ahead<T>(w: &[T], b: usize) {
     for off in (start..start + size).step_by(64) {
         // SAFETY: prefetching is a hint; it reads nothing and never faults, whatever the
         // address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
+    }
+}
+
+/// [`prefetch_ahead`] for a quarter (`part` 0..4) of block `b`: the K-quant blocks are 2–3 KB,
+/// and spreading their 40–50 prefetches over the block's work keeps them from filling the
+/// load buffers all at once.
+#[inline(always)]
+fn prefetch_ahead_part<T>(w: &[T], b: usize, part: usize) {
+    const DISTANCE: usize = 32 << 10;
+    let size = std::mem::size_of::<T>();
+    let quarter = size.div_ceil(4);
+    let start = b * size + DISTANCE + part * quarter;
+    let base = w.as_ptr().cast::<i8>();
+    for off in (start..start + quarter).step_by(64) {
+        // SAFETY: a prefetch is a hint that never faults, whatever the address.
         unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
     }
 }

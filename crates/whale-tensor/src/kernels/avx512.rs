@@ -125,7 +125,7 @@ pub unsafe fn dot_q4_kx16<const N: usize>(
     for (b, wb) in w.iter().enumerate() {
         let mut sumi = [_mm512_setzero_si512(); N];
         for c in 0..4 {
-            prefetch_ahead_part(w, b, c);
+            prefetch_ahead_part::<_, 4>(w, b, c);
             let p = wb.qs.as_ptr().add(512 * c);
             // Plain loops: `array::map` here was compiled out of line (profiled), with the
             // vectors passed through memory.
@@ -198,7 +198,7 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
         let mut sumi = [_mm512_setzero_si512(); N];
         // Lines 4s..4s + 4 of each quarter: sub-blocks s, s + 4, s + 8, s + 12.
         for s in 0..4 {
-            prefetch_ahead_part(w, b, s);
+            prefetch_ahead_part::<_, 4>(w, b, s);
             // Plain loops, not closures: a closure does not inherit this function's target
             // features, and LLVM left the decoding out of line (3% of Q4_0 decode).
             let mut lines = [[_mm512_setzero_si512(); 4]; 4];
@@ -264,38 +264,32 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
     out
 }
 
-/// Asks now, into L2, for the cache lines `DISTANCE` bytes past block `b` (one block's
-/// worth), so that decode keeps enough reads in flight to stream weights at DRAM speed. A
-/// single stream per core with only the hardware prefetcher reads about 25 GB/s on the test
-/// machine, and 31 GB/s with software prefetches 8–64 KB ahead into L2 (measured with a plain
-/// read loop); at 2 KB into L1, as before, the Q4_0 decode ran 7% slower. Past the end of `w`
-/// the addresses are the next row group's (or nothing: a prefetch never faults), hence the
-/// wrapping arithmetic instead of in-bounds pointers.
+/// How far ahead of the block being read the kernels ask for weights. A single stream per core
+/// with only the hardware prefetcher reads about 25 GB/s on the test machine, and 31 GB/s with
+/// software prefetches 8–64 KB ahead into L2 (measured with a plain read loop); at 2 KB into L1,
+/// as before, decode ran 7–13% slower (Q4_0, Q8_0).
+const PREFETCH_DISTANCE: usize = 32 << 10;
+
+/// Asks now, into L2, for one block's worth of cache lines [`PREFETCH_DISTANCE`] bytes past
+/// block `b`, so that decode keeps enough reads in flight to stream weights at DRAM speed.
 #[inline(always)]
 fn prefetch_ahead<T>(w: &[T], b: usize) {
-    const DISTANCE: usize = 32 << 10;
-    let size = std::mem::size_of::<T>();
-    let start = b * size + DISTANCE;
-    let base = w.as_ptr().cast::<i8>();
-    for off in (start..start + size).step_by(64) {
-        // SAFETY: prefetching is a hint; it reads nothing and never faults, whatever the
-        // address.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
-    }
+    prefetch_ahead_part::<T, 1>(w, b, 0);
 }
 
-/// [`prefetch_ahead`] for a quarter (`part` 0..4) of block `b`: the K-quant blocks are 2–3 KB,
-/// and spreading their 40–50 prefetches over the block's work keeps them from filling the
-/// load buffers all at once.
+/// [`prefetch_ahead`] for part `part` of `PARTS` of block `b`: the K-quant blocks are 2–3 KB,
+/// and spreading their 40–50 prefetches over the block's work (Q4_K_M decode +8%) keeps them
+/// from filling the load buffers all at once. Past the end of `w` the addresses are the next
+/// row group's (or nothing: a prefetch never faults), hence the wrapping arithmetic instead of
+/// in-bounds pointers.
 #[inline(always)]
-fn prefetch_ahead_part<T>(w: &[T], b: usize, part: usize) {
-    const DISTANCE: usize = 32 << 10;
+fn prefetch_ahead_part<T, const PARTS: usize>(w: &[T], b: usize, part: usize) {
     let size = std::mem::size_of::<T>();
-    let quarter = size.div_ceil(4);
-    let start = b * size + DISTANCE + part * quarter;
+    let len = size.div_ceil(PARTS);
+    let start = b * size + PREFETCH_DISTANCE + part * len;
     let base = w.as_ptr().cast::<i8>();
-    for off in (start..start + quarter).step_by(64) {
-        // SAFETY: a prefetch is a hint that never faults, whatever the address.
+    for off in (start..start + len).step_by(64) {
+        // SAFETY: a prefetch is a hint; it reads nothing and never faults, whatever the address.
         unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
     }
 }

@@ -10,6 +10,8 @@
 
 use std::arch::x86_64::*;
 
+use super::prefetch_ahead;
+
 use half::{bf16, f16};
 
 use crate::quant::{
@@ -250,6 +252,7 @@ macro_rules! block32_dot {
                 // SAFETY (all unchecked indexing below): g < groups, so blocks 8g..8g + 8 exist
                 // in `w`, and group g exists in every activation row (length checked above).
                 let wg = w.get_unchecked(GROUP * g..GROUP * g + GROUP);
+                prefetch_ahead(w, std::mem::size_of_val(wg) * g, std::mem::size_of_val(wg));
                 let bits = |i: usize| wg[i].d.to_bits() as i16;
                 let dw = _mm256_cvtph_ps(_mm_setr_epi16(
                     bits(0),
@@ -397,6 +400,7 @@ pub unsafe fn dot_q4_k<const N: usize>(w: &[BlockQ4K], a: [&[BlockQ8K]; N]) -> [
     let mut acc = [_mm256_setzero_ps(); N];
     let mut acc_m = [_mm_setzero_ps(); N];
     for (i, wb) in w.iter().enumerate() {
+        prefetch_ahead(w, i * std::mem::size_of_val(wb), std::mem::size_of_val(wb));
         let (sc, m) = q4k_scales_mins(&wb.scales);
         let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(m.as_ptr().cast()));
         let (d, dmin) = (f16_to_f32(wb.d), f16_to_f32(wb.dmin));
@@ -464,6 +468,7 @@ pub unsafe fn dot_q6_k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [
     let m3 = _mm256_set1_epi8(0x03);
     let mut acc = [_mm256_setzero_ps(); N];
     for (i, wb) in w.iter().enumerate() {
+        prefetch_ahead(w, i * std::mem::size_of_val(wb), std::mem::size_of_val(wb));
         let scales = _mm_loadu_si128(wb.scales.as_ptr().cast());
         let scales16 = _mm256_cvtepi8_epi16(scales);
         let d = f16_to_f32(wb.d);

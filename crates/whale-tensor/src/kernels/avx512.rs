@@ -12,6 +12,8 @@
 
 use std::arch::x86_64::*;
 
+use super::prefetch_ahead;
+
 use crate::quant::{
     BlockQ4Kx16, BlockQ4_0x16, BlockQ5_0x16, BlockQ6Kx16, BlockQ8K, BlockQ8_0x16, BlockQ8_0x8, ROWS,
 };
@@ -29,7 +31,7 @@ macro_rules! x16_dot {
             }
             let mut acc = [_mm512_setzero_ps(); N];
             for (b, wb) in w.iter().enumerate() {
-                prefetch_ahead(w, b);
+                prefetch_block::<_, 1>(w, b, 0);
                 let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
                 let l: [__m512i; 8] = lines(wb);
                 let (g, i) = (b / GROUP, b % GROUP);
@@ -125,7 +127,7 @@ pub unsafe fn dot_q4_kx16<const N: usize>(
     for (b, wb) in w.iter().enumerate() {
         let mut sumi = [_mm512_setzero_si512(); N];
         for c in 0..4 {
-            prefetch_ahead_part::<_, 4>(w, b, c);
+            prefetch_block::<_, 4>(w, b, c);
             let p = wb.qs.as_ptr().add(512 * c);
             // Plain loops: `array::map` here was compiled out of line (profiled), with the
             // vectors passed through memory.
@@ -198,7 +200,7 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
         let mut sumi = [_mm512_setzero_si512(); N];
         // Lines 4s..4s + 4 of each quarter: sub-blocks s, s + 4, s + 8, s + 12.
         for s in 0..4 {
-            prefetch_ahead_part::<_, 4>(w, b, s);
+            prefetch_block::<_, 4>(w, b, s);
             // Plain loops, not closures: a closure does not inherit this function's target
             // features, and LLVM left the decoding out of line (3% of Q4_0 decode).
             let mut lines = [[_mm512_setzero_si512(); 4]; 4];
@@ -264,34 +266,14 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
     out
 }
 
-/// How far ahead of the block being read the kernels ask for weights. A single stream per core
-/// with only the hardware prefetcher reads about 25 GB/s on the test machine, and 31 GB/s with
-/// software prefetches 8–64 KB ahead into L2 (measured with a plain read loop); at 2 KB into L1,
-/// as before, decode ran 7–13% slower (Q4_0, Q8_0).
-const PREFETCH_DISTANCE: usize = 32 << 10;
-
-/// Asks now, into L2, for one block's worth of cache lines [`PREFETCH_DISTANCE`] bytes past
-/// block `b`, so that decode keeps enough reads in flight to stream weights at DRAM speed.
+/// [`prefetch_ahead`] for block `b` of `w`, or for its part `part` of `PARTS`: the K-quant
+/// blocks are 2–3 KB, and spreading their 40–50 prefetches over the block's work (Q4_K_M decode
+/// +8%) keeps them from filling the load buffers all at once.
 #[inline(always)]
-fn prefetch_ahead<T>(w: &[T], b: usize) {
-    prefetch_ahead_part::<T, 1>(w, b, 0);
-}
-
-/// [`prefetch_ahead`] for part `part` of `PARTS` of block `b`: the K-quant blocks are 2–3 KB,
-/// and spreading their 40–50 prefetches over the block's work (Q4_K_M decode +8%) keeps them
-/// from filling the load buffers all at once. Past the end of `w` the addresses are the next
-/// row group's (or nothing: a prefetch never faults), hence the wrapping arithmetic instead of
-/// in-bounds pointers.
-#[inline(always)]
-fn prefetch_ahead_part<T, const PARTS: usize>(w: &[T], b: usize, part: usize) {
+fn prefetch_block<T, const PARTS: usize>(w: &[T], b: usize, part: usize) {
     let size = std::mem::size_of::<T>();
     let len = size.div_ceil(PARTS);
-    let start = b * size + PREFETCH_DISTANCE + part * len;
-    let base = w.as_ptr().cast::<i8>();
-    for off in (start..start + len).step_by(64) {
-        // SAFETY: a prefetch is a hint; it reads nothing and never faults, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
-    }
+    prefetch_ahead(w, b * size + part * len, len);
 }
 
 /// One f32 row · `N` f32 rows (attention scores over the latent cache, the per-head absorbed

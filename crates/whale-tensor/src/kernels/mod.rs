@@ -17,6 +17,29 @@ mod tests;
 
 use std::sync::OnceLock;
 
+/// How far ahead of the weights being read the block kernels ask for more. A single stream per
+/// core with only the hardware prefetcher reads about 25 GB/s on the test machine, and 31 GB/s
+/// with software prefetches 8–64 KB ahead into L2 (measured with a plain read loop); at 2 KB into
+/// L1, as before, AVX-512 decode ran 7–13% slower (Q4_0, Q8_0).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_DISTANCE: usize = 32 << 10;
+
+/// Asks now, into L2, for the cache lines of `w`'s bytes `start..start + len` moved
+/// [`PREFETCH_DISTANCE`] ahead, so that decode keeps enough reads in flight to stream weights at
+/// DRAM speed. Past the end of `w` the addresses are the matrix's next rows (or nothing: a
+/// prefetch never faults), hence the wrapping arithmetic instead of in-bounds pointers.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_ahead<T>(w: &[T], start: usize, len: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+    let base = w.as_ptr().cast::<i8>();
+    let start = start + PREFETCH_DISTANCE;
+    for off in (start..start + len).step_by(64) {
+        // SAFETY: a prefetch is a hint; it reads nothing and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
+    }
+}
+
 use half::{bf16, f16};
 
 /// An instruction set with its own kernels, as detected on this CPU. Only [`Isa::detect`] and

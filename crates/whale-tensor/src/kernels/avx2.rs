@@ -108,6 +108,11 @@ macro_rules! float_dot {
             let mut acc1 = [_mm256_setzero_ps(); N];
             let mut i = 0;
             while i + 16 <= n {
+                prefetch_ahead(
+                    w,
+                    i * std::mem::size_of::<$t>(),
+                    16 * std::mem::size_of::<$t>(),
+                );
                 // SAFETY (this loop and the next): i + 16 ≤ n = len of w and of every a[t].
                 let w0 = widen(w.as_ptr().add(i));
                 let w1 = widen(w.as_ptr().add(i + 8));

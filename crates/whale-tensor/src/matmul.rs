@@ -308,7 +308,7 @@ fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut
             let wg = &w[g * per_row..(g + 1) * per_row];
             let mut t0 = 0;
             while t0 < s.n_tokens {
-                let n = TILE_X16.min(s.n_tokens - t0);
+                let n = B::TILE.min(TILE_X16).min(s.n_tokens - t0);
                 let act = |i: usize| &acts[s.act_row(t0 + i, g * ROWS) * a_len..][..a_len];
                 let put = |dots: &[[f32; ROWS]]| {
                     for (i, d) in dots.iter().enumerate() {

@@ -31,6 +31,9 @@ pub trait Interleaved: Copy + Send + Sync + std::fmt::Debug + 'static {
     /// `out[t][r] = w_r · a[t]` for the sixteen rows of `w` (a row group's blocks, one per block
     /// column) and `N` activation rows, in the plain block's activation format.
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[Act<Self>]; N]) -> [[f32; ROWS]; N];
+
+    /// Tokens per tile in a matmul (at most 8): as many as the kernel's registers hold.
+    const TILE: usize = 8;
 }
 
 /// The activation blocks an interleaved format is dotted with: its plain block's.

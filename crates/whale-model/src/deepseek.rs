@@ -160,7 +160,7 @@ impl Absorbed {
                 | WeightData::Bf16(_)
                 | WeightData::Fp8Block { .. }
         );
-        // `rows` per head; interleaving needs each head's rows to be whole groups of 16.
+        // `rows` per head; interleaving needs each head's rows to be whole row groups.
         let store = |rows: usize, cols: usize, values: Vec<f32>| {
             let w = Weight::from_f32(h * rows, cols, values);
             if float || !QuantType::Q8_0.fits(cols) {
@@ -169,9 +169,10 @@ impl Absorbed {
             let q = w
                 .quantize(QuantType::Q8_0)
                 .expect("rows are whole Q8_0 blocks (checked)");
-            match rows % 16 {
-                0 => q.for_isa(Isa::detect()),
-                _ => q,
+            if rows.is_multiple_of(whale_tensor::quant::ROWS) {
+                q.for_isa(Isa::detect())
+            } else {
+                q
             }
         };
         let head = |i: usize| &dense[i * (nd + vd) * cd..(i + 1) * (nd + vd) * cd];

@@ -24,7 +24,7 @@ use whale_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::prefix_cache::{read_chain, Block, PrefixCache};
+use crate::prefix_cache::{Block, DiskJob, PrefixCache};
 use whale_tokenizer::StopStrings;
 
 /// Scheduler limits.
@@ -210,7 +210,7 @@ impl Engine {
         let mut deadline: Option<Instant> = None;
         // Submissions whose cached prefix continues on disk wait here while a helper thread
         // reads the blocks, so running streams never stall on the disk.
-        let (loaded_tx, loaded_rx) = mpsc::channel::<(Submission, Vec<Block>)>();
+        let (loaded_tx, loaded_rx) = mpsc::channel::<(Submission, DiskJob, Vec<Block>)>();
         let mut loading = 0usize;
         loop {
             let fresh = waiting.len();
@@ -234,13 +234,13 @@ impl Engine {
             for sub in waiting.drain(fresh..).collect::<Vec<_>>() {
                 let reusable = sub.req.prompt.len().saturating_sub(1);
                 match self.prefix.disk_job(&sub.req.prompt, reusable) {
-                    Some((reader, keys)) => {
+                    Some(job) => {
                         let tx = loaded_tx.clone();
                         let read = std::thread::Builder::new()
                             .name("whale-cache-reader".into())
                             .spawn(move || {
-                                let blocks = read_chain(&reader, &keys);
-                                let _ = tx.send((sub, blocks));
+                                let blocks = job.read();
+                                let _ = tx.send((sub, job, blocks));
                             });
                         match read {
                             Ok(_) => loading += 1,
@@ -252,9 +252,9 @@ impl Engine {
                     None => waiting.push_back(sub),
                 }
             }
-            while let Ok((sub, blocks)) = loaded_rx.try_recv() {
+            while let Ok((sub, job, blocks)) = loaded_rx.try_recv() {
                 loading -= 1;
-                self.prefix.add_loaded(&sub.req.prompt, blocks);
+                self.prefix.add_loaded(&job, blocks);
                 waiting.push_back(sub);
             }
 

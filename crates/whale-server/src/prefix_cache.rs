@@ -217,26 +217,27 @@ impl PrefixCache {
         self.metrics.cache_size(self.blocks.len(), self.bytes);
     }
 
-    /// For a prompt whose cached prefix may continue on disk: a reader and the keys of
-    /// `ids[..limit]`'s blocks from the first one not in memory, to be read off the engine
-    /// thread ([`read_chain`]) and handed back with [`Self::add_loaded`] before admission.
-    pub fn disk_job(&self, ids: &[u32], limit: usize) -> Option<(DiskReader, Vec<u64>)> {
+    /// For a prompt whose cached prefix may continue on disk: the job of reading
+    /// `ids[..limit]`'s blocks from the first one not in memory, to run off the engine thread
+    /// ([`DiskJob::read`]) and be handed back with [`Self::add_loaded`] before admission.
+    pub fn disk_job(&self, ids: &[u32], limit: usize) -> Option<DiskJob> {
         let reader = self.disk.as_ref()?.reader();
         let keys = chain_keys(&ids[..limit.min(ids.len())]);
         let first = keys.iter().position(|k| !self.blocks.contains_key(k))?;
-        Some((reader, keys[first..].to_vec()))
+        Some(DiskJob {
+            reader,
+            keys,
+            first,
+        })
     }
 
-    /// Keeps blocks read by a [`Self::disk_job`] for `ids` in memory, as a lookup that found
-    /// them on disk would (the lookup at admission then checks them as usual).
-    pub fn add_loaded(&mut self, ids: &[u32], blocks: Vec<Block>) {
-        let keys = chain_keys(ids);
-        for block in blocks {
-            let Some(i) = keys.iter().position(|&k| k == block.key) else {
-                continue;
-            };
+    /// Keeps the blocks a [`DiskJob`] read in memory, as a lookup that found them on disk
+    /// would (the lookup at admission then checks them as usual).
+    pub fn add_loaded(&mut self, job: &DiskJob, blocks: Vec<Block>) {
+        // `read` returns the chain's blocks in order from `first`, each checked against its key.
+        for (i, block) in (job.first..).zip(blocks) {
             if !self.blocks.contains_key(&block.key) {
-                self.add(Arc::new(block), true, &keys[..i]);
+                self.add(Arc::new(block), true, &job.keys[..i]);
             }
         }
         self.metrics.cache_size(self.blocks.len(), self.bytes);
@@ -299,9 +300,23 @@ impl PrefixCache {
     }
 }
 
-/// Reads the blocks of `keys` in order, stopping at the first one missing or rejected.
-pub fn read_chain(reader: &DiskReader, keys: &[u64]) -> Vec<Block> {
-    keys.iter().map_while(|&k| reader.load(k)).collect()
+/// Blocks of one prompt's chain to read from disk ([`PrefixCache::disk_job`]): the whole
+/// chain's keys (hashed once, kept for reinsertion) and the first one not in memory.
+pub struct DiskJob {
+    reader: DiskReader,
+    keys: Vec<u64>,
+    first: usize,
+}
+
+impl DiskJob {
+    /// Reads the chain's blocks in order from the first one not in memory, stopping at the
+    /// first one missing or rejected.
+    pub fn read(&self) -> Vec<Block> {
+        self.keys[self.first..]
+            .iter()
+            .map_while(|&k| self.reader.load(k))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -285,12 +285,12 @@ fn quantize_acts<A: ActBlock>(isa: Isa, s: Shape, x: &[f32]) -> Vec<A> {
     acts
 }
 
-/// Tokens per tile for interleaved weights: AVX-512 has 32 registers, and eight lines of
-/// weights, the scales and eight accumulators leave room for the per-token temporaries.
+/// The widest token tile the interleaved matmul instantiates (the `match` below); a format's
+/// [`Interleaved::TILE`] may ask for less where its kernel's registers run out sooner.
 const TILE_X16: usize = 8;
 
-/// Sixteen-row groups of interleaved blocks against every token, `TILE_X16` tokens at a time;
-/// the group (16 rows × cols) stays in L1/L2 while the tiles pass over it.
+/// Sixteen-row groups of interleaved blocks against every token, [`Interleaved::TILE`] tokens
+/// at a time; the group (16 rows × cols) stays in L1/L2 while the tiles pass over it.
 fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut [f32]) {
     assert_eq!(
         s.head_rows() % ROWS,

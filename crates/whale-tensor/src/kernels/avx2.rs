@@ -10,9 +10,9 @@
 
 use std::arch::x86_64::*;
 
-use super::prefetch_ahead;
-
 use half::{bf16, f16};
+
+use super::prefetch_ahead;
 
 use crate::quant::{
     q4k_scales_mins, BlockQ4K, BlockQ4_0, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_0x8,

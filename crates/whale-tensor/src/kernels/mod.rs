@@ -17,6 +17,8 @@ mod tests;
 
 use std::sync::OnceLock;
 
+use half::{bf16, f16};
+
 /// How far ahead of the weights being read the block kernels ask for more. A single stream per
 /// core with only the hardware prefetcher reads about 25 GB/s on the test machine, and 31 GB/s
 /// with software prefetches 8–64 KB ahead into L2 (measured with a plain read loop); at 2 KB into
@@ -39,8 +41,6 @@ pub(crate) fn prefetch_ahead<T>(w: &[T], start: usize, len: usize) {
         unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(off)) };
     }
 }
-
-use half::{bf16, f16};
 
 /// An instruction set with its own kernels, as detected on this CPU. Only [`Isa::detect`] and
 /// [`Isa::available`] can produce a SIMD value, so holding one proves the CPU supports it and

@@ -32,7 +32,9 @@ pub trait Interleaved: Copy + Send + Sync + std::fmt::Debug + 'static {
     /// column) and `N` activation rows, in the plain block's activation format.
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[Act<Self>]; N]) -> [[f32; ROWS]; N];
 
-    /// Tokens per tile in a matmul (at most 8): as many as the kernel's registers hold.
+    /// Tokens per tile in a matmul (at most 8): as many as the kernel's registers hold. For
+    /// the Q8_0/Q4_0/Q5_0 kernels, eight lines of weights, the scales and eight accumulators
+    /// fit AVX-512's 32 registers beside the per-token temporaries.
     const TILE: usize = 8;
 }
 

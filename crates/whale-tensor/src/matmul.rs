@@ -333,10 +333,9 @@ fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut
     if groups_per_task >= groups {
         task(0);
     } else {
-        (0..groups)
-            .into_par_iter()
-            .step_by(groups_per_task)
-            .for_each(task);
+        threads::for_each_task(groups.div_ceil(groups_per_task), |i| {
+            task(i * groups_per_task)
+        });
     }
 }
 

@@ -450,10 +450,7 @@ fn tiled<W: VecDot>(isa: Isa, s: Shape, w: &[W], acts: &[W::Act], out: &mut [f32
     if rows_per_task >= s.rows {
         task(0);
     } else {
-        (0..s.rows)
-            .into_par_iter()
-            .step_by(rows_per_task)
-            .for_each(task);
+        threads::for_each_task(s.rows.div_ceil(rows_per_task), |i| task(i * rows_per_task));
     }
 }
 

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::{self, Isa, VecDot};
-use crate::quant::{Act, ActBlock, GgmlType, Interleaved, ROWS};
+use crate::quant::{tile_acts, Act, ActBlock, GgmlType, Interleaved, ROWS};
 use crate::rows::{RowData, Rows};
 use crate::threads;
 use crate::weight::{Weight, WeightData};
@@ -303,13 +303,26 @@ fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut
     let groups = s.rows / ROWS;
     let out = SharedOut::new(out);
     let groups_per_task = s.rows_per_task().div_ceil(ROWS);
+    // The token tiles' activations, interleaved once per matmul as the kernels read them:
+    // `tiles[k · heads + h]` is tile k (tokens `tile·k ..`) against head h's rows.
+    let tile = B::TILE.min(TILE_X16);
+    let tiles: Vec<Vec<Act<B>>> = (0..s.n_tokens.div_ceil(tile))
+        .flat_map(|k| {
+            let tokens = k * tile..(k * tile + tile).min(s.n_tokens);
+            (0..s.heads).map(move |h| (tokens.clone(), h))
+        })
+        .map(|(tokens, h)| {
+            let rows: Vec<usize> = tokens.map(|t| s.act_row(t, h * s.head_rows())).collect();
+            tile_acts(&acts, a_len, &rows)
+        })
+        .collect();
     let task = |first: usize| {
         for g in first..(first + groups_per_task).min(groups) {
             let wg = &w[g * per_row..(g + 1) * per_row];
-            let mut t0 = 0;
-            while t0 < s.n_tokens {
-                let n = B::TILE.min(TILE_X16).min(s.n_tokens - t0);
-                let act = |i: usize| &acts[s.act_row(t0 + i, g * ROWS) * a_len..][..a_len];
+            let head = g * ROWS / s.head_rows();
+            for (k, t0) in (0..s.n_tokens).step_by(tile).enumerate() {
+                let n = tile.min(s.n_tokens - t0);
+                let a = &tiles[k * s.heads + head];
                 let put = |dots: &[[f32; ROWS]]| {
                     for (i, d) in dots.iter().enumerate() {
                         // SAFETY: rows 16g..16g + 16 belong to this task alone.
@@ -317,16 +330,15 @@ fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut
                     }
                 };
                 match n {
-                    1 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 1, _>(act))),
-                    2 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 2, _>(act))),
-                    3 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 3, _>(act))),
-                    4 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 4, _>(act))),
-                    5 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 5, _>(act))),
-                    6 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 6, _>(act))),
-                    7 => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 7, _>(act))),
-                    _ => put(&B::dot_tile(isa, wg, std::array::from_fn::<_, 8, _>(act))),
+                    1 => put(&B::dot_tile::<1>(isa, wg, a)),
+                    2 => put(&B::dot_tile::<2>(isa, wg, a)),
+                    3 => put(&B::dot_tile::<3>(isa, wg, a)),
+                    4 => put(&B::dot_tile::<4>(isa, wg, a)),
+                    5 => put(&B::dot_tile::<5>(isa, wg, a)),
+                    6 => put(&B::dot_tile::<6>(isa, wg, a)),
+                    7 => put(&B::dot_tile::<7>(isa, wg, a)),
+                    _ => put(&B::dot_tile::<8>(isa, wg, a)),
                 }
-                t0 += n;
             }
         }
     };

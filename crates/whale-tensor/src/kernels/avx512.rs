@@ -24,20 +24,24 @@ const GROUP: usize = 8;
 macro_rules! x16_dot {
     ($name:ident, $wt:ty, offset: $offset:expr, lines: $lines:expr $(,)?) => {
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-        pub unsafe fn $name<const N: usize>(w: &[$wt], a: [&[BlockQ8_0x8]; N]) -> [[f32; ROWS]; N] {
+        pub unsafe fn $name<const N: usize>(w: &[$wt], a: &[BlockQ8_0x8]) -> [[f32; ROWS]; N] {
             let lines = $lines;
-            for row in &a {
-                assert_eq!(row.len(), w.len().div_ceil(GROUP), "activation row length");
-            }
+            assert_eq!(
+                a.len(),
+                N * w.len().div_ceil(GROUP),
+                "activation tile length"
+            );
             let mut acc = [_mm512_setzero_ps(); N];
             for (b, wb) in w.iter().enumerate() {
                 prefetch_block::<_, 1>(w, b, 0);
                 let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
                 let l: [__m512i; 8] = lines(wb);
                 let (g, i) = (b / GROUP, b % GROUP);
+                // The tile's N blocks of group g, side by side: one pointer, constant offsets.
+                let tile = a.as_ptr().add(g * N);
                 for t in 0..N {
-                    // SAFETY: g < a[t].len() (length checked above).
-                    let ag = a[t].get_unchecked(g);
+                    // SAFETY: g · N + t < a.len() (length checked above).
+                    let ag = &*tile.add(t);
                     let q = ag.qs[i].as_ptr().cast::<i32>();
                     let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
                     let mut p0 = _mm512_set1_epi32(-$offset * ag.sums[i]);
@@ -115,16 +119,13 @@ fn sub_block_sums(a: &BlockQ8K) -> [i16; 8] {
 /// sixteen rows' sub-block dot products from `vpdpbusd`, scaled lane-wise by their 6-bit scales
 /// (`vpmulld`), and the mins against the activation sums in pairs (`vpdpwssd`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_q4_kx16<const N: usize>(
-    w: &[BlockQ4Kx16],
-    a: [&[BlockQ8K]; N],
-) -> [[f32; ROWS]; N] {
-    for row in &a {
-        assert_eq!(row.len(), w.len(), "activation row length");
-    }
+pub unsafe fn dot_q4_kx16<const N: usize>(w: &[BlockQ4Kx16], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
+    assert_eq!(a.len(), N * w.len(), "activation tile length");
     let m4 = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); N];
     for (b, wb) in w.iter().enumerate() {
+        // The tile's N activation blocks for this super-block, side by side.
+        let tile = a.as_ptr().add(b * N);
         let mut sumi = [_mm512_setzero_si512(); N];
         for c in 0..4 {
             prefetch_block::<_, 4>(w, b, c);
@@ -140,9 +141,9 @@ pub unsafe fn dot_q4_kx16<const N: usize>(
             let sc = wb.scales.as_ptr().add(32 * c);
             let sc_lo = _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.cast()));
             let sc_hi = _mm512_cvtepu8_epi32(_mm_loadu_si128(sc.add(16).cast()));
-            for t in 0..N {
-                // SAFETY: b < a[t].len() (checked above); 64c + 64 ≤ 256.
-                let q = a[t].get_unchecked(b).qs.as_ptr().add(64 * c).cast::<i32>();
+            for (t, sumi) in sumi.iter_mut().enumerate() {
+                // SAFETY: b · N + t < a.len() (checked above); 64c + 64 ≤ 256.
+                let q = (*tile.add(t)).qs.as_ptr().add(64 * c).cast::<i32>();
                 let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
                 let (mut p_lo, mut p_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                 for l in 0..8 {
@@ -153,7 +154,7 @@ pub unsafe fn dot_q4_kx16<const N: usize>(
                     _mm512_mullo_epi32(p_lo, sc_lo),
                     _mm512_mullo_epi32(p_hi, sc_hi),
                 );
-                sumi[t] = _mm512_add_epi32(sumi[t], s);
+                *sumi = _mm512_add_epi32(*sumi, s);
             }
         }
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
@@ -163,7 +164,7 @@ pub unsafe fn dot_q4_kx16<const N: usize>(
         });
         for t in 0..N {
             // SAFETY: as above.
-            let ab = a[t].get_unchecked(b);
+            let ab = &*tile.add(t);
             let s = sub_block_sums(ab);
             let mut m = _mm512_setzero_si512();
             for k in 0..4 {
@@ -186,17 +187,14 @@ pub unsafe fn dot_q4_kx16<const N: usize>(
 /// sub-block's chain starts at the offset term (from `bsums`), takes four `vpdpbusd`, and is
 /// scaled lane-wise by its i8 scales.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_q6_kx16<const N: usize>(
-    w: &[BlockQ6Kx16],
-    a: [&[BlockQ8K]; N],
-) -> [[f32; ROWS]; N] {
-    for row in &a {
-        assert_eq!(row.len(), w.len(), "activation row length");
-    }
+pub unsafe fn dot_q6_kx16<const N: usize>(w: &[BlockQ6Kx16], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
+    assert_eq!(a.len(), N * w.len(), "activation tile length");
     let m4 = _mm512_set1_epi8(0x0F);
     let m30 = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); N];
     for (b, wb) in w.iter().enumerate() {
+        // The tile's N activation blocks for this super-block, side by side.
+        let tile = a.as_ptr().add(b * N);
         let mut sumi = [_mm512_setzero_si512(); N];
         // Lines 4s..4s + 4 of each quarter: sub-blocks s, s + 4, s + 8, s + 12.
         for s in 0..4 {
@@ -234,9 +232,9 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
                 let p = wb.scales.as_ptr().add(16 * (s + 4 * i));
                 *sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()));
             }
-            for t in 0..N {
-                // SAFETY: b < a[t].len() (checked above); 16g + 16 ≤ 256.
-                let ab = a[t].get_unchecked(b);
+            for (t, sumi) in sumi.iter_mut().enumerate() {
+                // SAFETY: b · N + t < a.len() (checked above); 16g + 16 ≤ 256.
+                let ab = &*tile.add(t);
                 for i in 0..4 {
                     let g = s + 4 * i;
                     let q = ab.qs.as_ptr().add(16 * g).cast::<i32>();
@@ -248,14 +246,14 @@ pub unsafe fn dot_q6_kx16<const N: usize>(
                             _mm512_set1_epi32(q.add(k).read_unaligned()),
                         );
                     }
-                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(p, sc[i]));
+                    *sumi = _mm512_add_epi32(*sumi, _mm512_mullo_epi32(p, sc[i]));
                 }
             }
         }
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
         for t in 0..N {
             // SAFETY: as above.
-            let da = _mm512_set1_ps(a[t].get_unchecked(b).d);
+            let da = _mm512_set1_ps((*tile.add(t)).d);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(dw, da), acc[t]);
         }
     }

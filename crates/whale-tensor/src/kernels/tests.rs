@@ -299,6 +299,19 @@ fn avx2_f16_scale_conversion_is_exact() {
     }
 }
 
+/// [`crate::quant::Interleaved::dot_tile`] on separate activation rows, interleaved into the
+/// tile it reads.
+fn x16_tile<B: crate::quant::Interleaved, const N: usize>(
+    isa: Isa,
+    w: &[B],
+    a: [&[crate::quant::Act<B>]; N],
+) -> [[f32; crate::quant::ROWS]; N] {
+    let len = a[0].len();
+    let flat: Vec<_> = a.iter().flat_map(|row| row.iter().copied()).collect();
+    let rows: Vec<usize> = (0..N).collect();
+    B::dot_tile::<N>(isa, w, &crate::quant::tile_acts(&flat, len, &rows))
+}
+
 /// The interleaved kernels on every instruction set (AVX-512 VNNI where present, otherwise the
 /// unpack-and-dot reference) against ggml's row-major scalar kernel, row by row, for every tile
 /// width 1–8 and block counts that leave partial activation groups.
@@ -320,7 +333,7 @@ fn check_x16<B: crate::quant::Interleaved>() {
             ($($t:literal),*) => {{
                 let a = [$(acts[$t].as_slice()),*];
                 for isa in Isa::available() {
-                    let got = B::dot_tile(isa, &packed, a);
+                    let got = x16_tile::<B, _>(isa, &packed, a);
                     for r in 0..ROWS {
                         let row = &plain[r * blocks..(r + 1) * blocks];
                         let want = B::Plain::dot_tile(Isa::SCALAR, row, a);

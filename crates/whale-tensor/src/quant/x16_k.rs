@@ -96,7 +96,7 @@ impl Interleaved for BlockQ4Kx16 {
     }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
@@ -159,7 +159,7 @@ impl Interleaved for BlockQ6Kx16 {
     }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: [&[BlockQ8K]; N]) -> [[f32; ROWS]; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.

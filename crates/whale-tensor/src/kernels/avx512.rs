@@ -116,10 +116,10 @@ fn sub_block_sums(a: &BlockQ8K) -> [i16; 8] {
 }
 
 /// Per super-block and row, `d·d_a·Σ_j sc_j·(n_j · a_j) − dmin·d_a·Σ_j m_j·Σ a_j`: the
-/// sixteen rows' sub-block dot products from `vpdpbusd`, converted and scaled lane-wise by
-/// their 6-bit scales in one FMA (`vpmulld`, two port-0 µops with 10 cycles' latency, competed
-/// with `vpdpbusd` for port 0: prefill +2%), and the mins against the activation sums in pairs
-/// (`vpdpwssd`).
+/// sixteen rows' sub-block dot products from `vpdpbusd`, converted to f32 and scaled lane-wise
+/// by their 6-bit scales in one FMA (an integer `vpmulld` instead, two port-0 µops, competed
+/// with `vpdpbusd` for that port: prefill was 1–3% slower), and the mins against the
+/// activation sums in pairs (`vpdpwssd`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_q4_kx16<const N: usize>(w: &[BlockQ4Kx16], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
     assert_eq!(a.len(), N * w.len(), "activation tile length");

@@ -834,11 +834,10 @@ impl Model {
                 active
                     .par_iter()
                     .map(|&(expert, tokens)| {
-                        let xs: Vec<f32> = tokens
-                            .iter()
-                            .flat_map(|&(s, _)| &x[s * d..(s + 1) * d])
-                            .copied()
-                            .collect();
+                        let mut xs = Vec::with_capacity(tokens.len() * d);
+                        for &(s, _) in tokens {
+                            xs.extend_from_slice(&x[s * d..(s + 1) * d]);
+                        }
                         m.experts[expert].forward(&xs, tokens.len())
                     })
                     .collect::<Vec<_>>()

@@ -46,9 +46,7 @@ pub fn silu(x: f32) -> f32 {
 
 /// SwiGLU gating in place: `gate[i] = silu(gate[i]) · up[i]`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = silu(*g) * u;
-    }
+    crate::kernels::swiglu(crate::Isa::detect(), gate, up)
 }
 
 /// `y += a · x`, with AVX2/FMA where the CPU has it ([`crate::kernels`]).

@@ -644,6 +644,30 @@ pub unsafe fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     total
 }
 
+/// `gate[i] = silu(gate[i]) · up[i]` eight at a time: `g · u / (1 + exp(−g))` with [`exp8`]
+/// (libm's scalar `expf` took ~4% of a prefill). Where `exp8` clamps (−g above 88) the quotient
+/// is below 10⁻³⁶ · |g| instead of the exact value, which is smaller still: both are zero to
+/// any later sum.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let (gp, up_) = (gate.as_mut_ptr(), up.as_ptr());
+    let one = _mm256_set1_ps(1.0);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 ≤ n, within both slices.
+        let g = _mm256_loadu_ps(gp.add(i));
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        let s = _mm256_div_ps(
+            _mm256_mul_ps(g, _mm256_loadu_ps(up_.add(i))),
+            _mm256_add_ps(one, e),
+        );
+        _mm256_storeu_ps(gp.add(i), s);
+        i += 8;
+    }
+    super::scalar::swiglu(&mut gate[i..n], &up[i..n]);
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn exp8(y: __m256) -> __m256 {

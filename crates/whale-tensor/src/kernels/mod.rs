@@ -224,6 +224,17 @@ pub fn exp_sub_sum(isa: Isa, x: &mut [f32], m: f32) -> f32 {
     }
 }
 
+/// SwiGLU gating in place, `gate[i] = silu(gate[i]) · up[i]`, with `isa`'s kernel.
+pub fn swiglu(isa: Isa, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "swiglu lengths");
+    match isa.0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` and `Avx512Vnni` are detected only with AVX2, FMA and F16C.
+        IsaKind::Avx2 | IsaKind::Avx512Vnni => unsafe { avx2::swiglu(gate, up) },
+        _ => scalar::swiglu(gate, up),
+    }
+}
+
 /// [`weighted_rows`] for `n` ≤ 8 sums chosen at run time (`p`: `rows × n`).
 #[inline]
 pub fn weighted_rows_dyn(isa: Isa, n: usize, acc: &mut [f32], p: &[f32], w: &[f32], stride: usize) {

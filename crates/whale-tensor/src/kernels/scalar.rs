@@ -207,6 +207,13 @@ pub fn exp_clamped(y: f32) -> f32 {
     }
 }
 
+/// `gate[i] = silu(gate[i]) · up[i]` (the reference for the SIMD version).
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
 /// `x[i] = exp(x[i] − m)`, returning their sum (the reference for the SIMD versions).
 pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     let mut sum = 0.0;

@@ -486,3 +486,28 @@ fn softmax_exponentials_match_libm() {
         }
     }
 }
+
+#[test]
+fn swiglu_matches_f64() {
+    for isa in Isa::available() {
+        for n in [1, 7, 8, 9, 31, 1000] {
+            // Gates over [−120, 120]: both tails of the exponential, and the clamp past 88.
+            let gate: Vec<f32> = (0..n)
+                .map(|i| 120.0 - 240.0 * ((i * 37 % 101) as f32 / 100.0))
+                .collect();
+            let up: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0).collect();
+            let mut got = gate.clone();
+            swiglu(isa, &mut got, &up);
+            for ((&g, &x), &u) in got.iter().zip(&gate).zip(&up) {
+                let want = x as f64 / (1.0 + (-x as f64).exp()) * u as f64;
+                // exp within 4 ulp (as above), one rounding each for ·, + and ÷: 8 ulp of the
+                // result, or an absolute 1e-30 where the exact value is below f32's normal range.
+                let err = (g as f64 - want).abs();
+                assert!(
+                    err <= 8.0 * f32::EPSILON as f64 * want.abs() || err < 1e-30,
+                    "{isa:?}: swiglu({x}, {u}) = {g}, want {want}"
+                );
+            }
+        }
+    }
+}

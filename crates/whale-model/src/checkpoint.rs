@@ -266,6 +266,31 @@ impl<'a> WeightLoader<'a> {
             .for_isa(Isa::detect())
     }
 
+    /// Projections of one input (`rows` each) stacked row-wise into one matrix, so that one
+    /// matmul computes them all (an MLP's gate and up): packed straight from a GGUF file's
+    /// parts, otherwise each loaded as by [`Self::projection`] and joined (a copy). `Err` hands
+    /// them back apart when their storages differ (a mixed-format file, FP8).
+    pub fn stacked_projections(
+        &mut self,
+        names: &[&str],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight, Vec<Weight>> {
+        if let (TensorSource::Gguf(g), None) = (&self.source, self.quant) {
+            if let Some(got) = g.stacked(names, rows, cols, &mut self.used) {
+                return Ok(got.unwrap_or_else(|problem| {
+                    self.record(problem);
+                    placeholder()
+                }));
+            }
+        }
+        let parts = names
+            .iter()
+            .map(|name| self.projection(name, rows, cols))
+            .collect();
+        Weight::stack_rows(parts)
+    }
+
     /// The output head (`lm_head`): llama.cpp's mixes keep it at Q6_K under the 4-bit types,
     /// since every token's distribution passes through it; Q8_0 and wider stay as asked.
     pub fn output_projection(&mut self, name: &str, rows: usize, cols: usize) -> Weight {

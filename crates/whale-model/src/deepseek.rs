@@ -190,9 +190,17 @@ impl Absorbed {
 
 /// SwiGLU MLP: `down(silu(gate·x) ⊙ up·x)`.
 struct Mlp {
-    gate: Weight,
-    up: Weight,
+    gate_up: GateUp,
     down: Weight,
+}
+
+/// An MLP's gate and up projections (`[width, d]` each).
+enum GateUp {
+    /// Stacked `[2·width, d]`, gate's rows first: one matmul for both (one pass over the
+    /// activations and one parallel region instead of two; Q4_K_M prefill +1–2%).
+    Stacked(Weight),
+    /// Stored in different formats, so computed apart.
+    Apart { gate: Weight, up: Weight },
 }
 
 struct Moe {
@@ -338,10 +346,22 @@ impl Model {
                 kv_b,
                 o: w.projection(&format!("{p}.self_attn.o_proj.weight"), d, h * c.v_head_dim),
             };
-            let mlp = |w: &mut WeightLoader, prefix: &str, width: usize| Mlp {
-                gate: w.projection(&format!("{prefix}.gate_proj.weight"), width, d),
-                up: w.projection(&format!("{prefix}.up_proj.weight"), width, d),
-                down: w.projection(&format!("{prefix}.down_proj.weight"), d, width),
+            let mlp = |w: &mut WeightLoader, prefix: &str, width: usize| {
+                let (gate, up) = (
+                    format!("{prefix}.gate_proj.weight"),
+                    format!("{prefix}.up_proj.weight"),
+                );
+                let gate_up = match w.stacked_projections(&[&gate, &up], width, d) {
+                    Ok(stacked) => GateUp::Stacked(stacked),
+                    Err(apart) => {
+                        let [gate, up] = <[Weight; 2]>::try_from(apart).expect("two projections");
+                        GateUp::Apart { gate, up }
+                    }
+                };
+                Mlp {
+                    gate_up,
+                    down: w.projection(&format!("{prefix}.down_proj.weight"), d, width),
+                }
             };
             let ffn = match c.moe.as_ref().filter(|_| c.is_moe_layer(i)) {
                 None => Ffn::Dense(mlp(&mut w, &format!("{p}.mlp"), c.intermediate_size)),
@@ -416,7 +436,13 @@ impl Model {
     }
 
     fn weight_bytes_touched(&self, one_token: bool) -> usize {
-        let mlp = |m: &Mlp| m.gate.storage_bytes() + m.up.storage_bytes() + m.down.storage_bytes();
+        let mlp = |m: &Mlp| {
+            let gate_up = match &m.gate_up {
+                GateUp::Stacked(w) => w.storage_bytes(),
+                GateUp::Apart { gate, up } => gate.storage_bytes() + up.storage_bytes(),
+            };
+            gate_up + m.down.storage_bytes()
+        };
         let embed = self.embed.storage_bytes() / if one_token { self.embed.rows.max(1) } else { 1 };
         let mut bytes = self.head.storage_bytes() + embed;
         for l in &self.layers {
@@ -860,12 +886,31 @@ impl Model {
 
 impl Mlp {
     fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
-        let width = self.gate.rows;
-        let mut g = vec![0.0f32; t * width];
-        let mut u = vec![0.0f32; t * width];
-        matmul(&mut g, x, &self.gate, t);
-        matmul(&mut u, x, &self.up, t);
-        swiglu(&mut g, &u);
+        let width = self.down.cols;
+        let g = match &self.gate_up {
+            GateUp::Stacked(gate_up) => {
+                // Token s's row holds its gate then its up values; gate them in place and
+                // move the result to row s of a [t, width] matrix (it never overtakes a row
+                // not yet read: 2·s·width ≥ s·width).
+                let mut h = vec![0.0f32; t * 2 * width];
+                matmul(&mut h, x, gate_up, t);
+                for s in 0..t {
+                    let (g, u) = h[2 * s * width..2 * (s + 1) * width].split_at_mut(width);
+                    swiglu(g, u);
+                    h.copy_within(2 * s * width..(2 * s + 1) * width, s * width);
+                }
+                h.truncate(t * width);
+                h
+            }
+            GateUp::Apart { gate, up } => {
+                let mut g = vec![0.0f32; t * width];
+                let mut u = vec![0.0f32; t * width];
+                matmul(&mut g, x, gate, t);
+                matmul(&mut u, x, up, t);
+                swiglu(&mut g, &u);
+                g
+            }
+        };
         let mut y = vec![0.0f32; t * self.down.rows];
         matmul(&mut y, &g, &self.down, t);
         y

@@ -193,12 +193,54 @@ impl GgufCheckpoint {
         cols: usize,
         used: &mut HashSet<String>,
     ) -> Result<Weight, String> {
+        if let Some(Place::KvB { layer }) = place(hf) {
+            return self.kv_b(hf, layer, rows, cols, used);
+        }
+        let (t, bytes) = self.slice(hf, rows, cols, used)?;
+        weight(t, cols, &[(rows, bytes)])
+    }
+
+    /// Matrices `hfs` (`rows` each) stacked row-wise into one weight and packed straight from
+    /// the file (an MLP's gate and up, computed as one matmul); `None` when they are not all
+    /// stored slices of one ggml type, and the caller loads them apart (which also reports
+    /// what is missing or malformed).
+    pub(crate) fn stacked(
+        &self,
+        hfs: &[&str],
+        rows: usize,
+        cols: usize,
+        used: &mut HashSet<String>,
+    ) -> Option<Result<Weight, String>> {
+        let mut parts = Vec::with_capacity(hfs.len());
+        for hf in hfs {
+            if matches!(place(hf), None | Some(Place::KvB { .. })) {
+                return None;
+            }
+            parts.push(self.slice(hf, rows, cols, used).ok()?);
+        }
+        let first = parts.first()?.0;
+        if parts.iter().any(|(t, _)| t.ggml_type != first.ggml_type) {
+            return None;
+        }
+        let bytes: Vec<(usize, &[u8])> = parts.iter().map(|&(_, b)| (rows, b)).collect();
+        Some(weight(first, cols, &bytes))
+    }
+
+    /// The tensor holding Hugging Face matrix `hf` and the bytes of its `[rows, cols]`: the
+    /// whole tensor, or one expert's rows of a fused `ffn_*_exps`.
+    fn slice(
+        &self,
+        hf: &str,
+        rows: usize,
+        cols: usize,
+        used: &mut HashSet<String>,
+    ) -> Result<(&TensorInfo, &[u8]), String> {
         let (r, c) = (rows as u64, cols as u64);
         match place(hf) {
             None => Err(format!("tensor `{hf}` has no llama.cpp name")),
             Some(Place::Tensor(name)) => {
                 let t = self.tensor(&name, &[c, r], used)?;
-                weight(t, rows, cols, self.file.tensor_bytes(t))
+                Ok((t, self.file.tensor_bytes(t)))
             }
             Some(Place::Expert { layer, e, proj }) => {
                 let n = self.config.moe.as_ref().map_or(0, |m| m.n_routed_experts) as u64;
@@ -219,42 +261,53 @@ impl GgufCheckpoint {
                     )
                 })?;
                 let start = ((e as u64 * stored_rows + first_row) * row_bytes) as usize;
-                let bytes = &self.file.tensor_bytes(t)[start..start + (r * row_bytes) as usize];
-                weight(t, rows, cols, bytes)
+                Ok((
+                    t,
+                    &self.file.tensor_bytes(t)[start..start + (r * row_bytes) as usize],
+                ))
             }
-            Some(Place::KvB { layer }) => {
-                let fused = format!("blk.{layer}.attn_kv_b.weight");
-                if self.has(&fused) {
-                    let t = self.tensor(&fused, &[c, r], used)?;
-                    return weight(t, rows, cols, self.file.tensor_bytes(t));
-                }
-                let (h, n, v) = (
-                    self.config.num_attention_heads as u64,
-                    self.config.qk_nope_head_dim as u64,
-                    self.config.v_head_dim as u64,
-                );
-                if h * (n + v) != r {
-                    return Err(format!(
-                        "tensor `{hf}`: {r} rows is not heads × (nope + v dims)"
-                    ));
-                }
-                let k_b = self.tensor(&format!("blk.{layer}.attn_k_b.weight"), &[n, c, h], used)?;
-                let v_b = self.tensor(&format!("blk.{layer}.attn_v_b.weight"), &[c, v, h], used)?;
-                let k = weight(
-                    k_b,
-                    (h * c) as usize,
-                    n as usize,
-                    self.file.tensor_bytes(k_b),
-                )?;
-                let vw = weight(
-                    v_b,
-                    (h * v) as usize,
-                    c as usize,
-                    self.file.tensor_bytes(v_b),
-                )?;
-                Ok(rebuild_kv_b(&k, &vw, h as usize))
-            }
+            Some(Place::KvB { .. }) => Err(format!("tensor `{hf}` is rebuilt, not stored")),
         }
+    }
+
+    /// `kv_b_proj` of `layer`: `attn_kv_b`, or rebuilt from `attn_k_b` and `attn_v_b`.
+    fn kv_b(
+        &self,
+        hf: &str,
+        layer: usize,
+        rows: usize,
+        cols: usize,
+        used: &mut HashSet<String>,
+    ) -> Result<Weight, String> {
+        let (r, c) = (rows as u64, cols as u64);
+        let fused = format!("blk.{layer}.attn_kv_b.weight");
+        if self.has(&fused) {
+            let t = self.tensor(&fused, &[c, r], used)?;
+            return weight(t, cols, &[(rows, self.file.tensor_bytes(t))]);
+        }
+        let (h, n, v) = (
+            self.config.num_attention_heads as u64,
+            self.config.qk_nope_head_dim as u64,
+            self.config.v_head_dim as u64,
+        );
+        if h * (n + v) != r {
+            return Err(format!(
+                "tensor `{hf}`: {r} rows is not heads × (nope + v dims)"
+            ));
+        }
+        let k_b = self.tensor(&format!("blk.{layer}.attn_k_b.weight"), &[n, c, h], used)?;
+        let v_b = self.tensor(&format!("blk.{layer}.attn_v_b.weight"), &[c, v, h], used)?;
+        let k = weight(
+            k_b,
+            n as usize,
+            &[((h * c) as usize, self.file.tensor_bytes(k_b))],
+        )?;
+        let vw = weight(
+            v_b,
+            c as usize,
+            &[((h * v) as usize, self.file.tensor_bytes(v_b))],
+        )?;
+        Ok(rebuild_kv_b(&k, &vw, h as usize))
     }
 
     /// The vector stored for Hugging Face tensor `hf`, as `f32`.
@@ -302,21 +355,17 @@ const SUPPORTED: [GgmlType; 8] = [
     GgmlType::Q6_K,
 ];
 
-fn weight(t: &TensorInfo, rows: usize, cols: usize, bytes: &[u8]) -> Result<Weight, String> {
+/// A weight of `t`'s type from `parts` (`(rows, bytes)` of `[rows, cols]` each, stacked
+/// row-wise; one part for a single matrix); errors name `t`.
+fn weight(t: &TensorInfo, cols: usize, parts: &[(usize, &[u8])]) -> Result<Weight, String> {
     if !SUPPORTED.contains(&t.ggml_type) {
         return Err(format!(
             "tensor `{}` is {}, which whale cannot compute with (it reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K and Q6_K)",
             t.name, t.ggml_type
         ));
     }
-    Weight::from_gguf_bytes_for(
-        whale_tensor::Isa::detect(),
-        t.ggml_type.0,
-        rows,
-        cols,
-        bytes,
-    )
-    .map_err(|e| format!("tensor `{}`: {e}", t.name))
+    Weight::from_gguf_parts_for(whale_tensor::Isa::detect(), t.ggml_type.0, cols, parts)
+        .map_err(|e| format!("tensor `{}`: {e}", t.name))
 }
 
 /// Inverts the converter's split of `kv_b_proj` (`[h·(n + v), c]`, per head `n` rows of `W_UK`

@@ -112,48 +112,57 @@ impl Weight {
         cols: usize,
         bytes: &[u8],
     ) -> Result<Weight, TensorError> {
+        Weight::from_gguf_parts(ggml, cols, &[(rows, bytes)])
+    }
+
+    /// [`Weight::from_gguf_bytes`] for matrices of one ggml type stacked row-wise: `parts` are
+    /// `(rows_i, bytes_i)` of `[rows_i, cols]` each, copied once into one `[Σ rows_i, cols]`.
+    pub fn from_gguf_parts(
+        ggml: u32,
+        cols: usize,
+        parts: &[(usize, &[u8])],
+    ) -> Result<Weight, TensorError> {
         fn blocks<B: GgmlType>(
-            rows: usize,
             cols: usize,
-            bytes: &[u8],
+            parts: &[(usize, &[u8])],
         ) -> Result<Vec<B>, TensorError> {
-            check_blocks::<B>(rows, cols, bytes)?;
-            Ok(quant::blocks_from_bytes(bytes))
+            for &(rows, bytes) in parts {
+                check_blocks::<B>(rows, cols, bytes)?;
+            }
+            Ok(quant::blocks_from_bytes(parts.iter().map(|p| p.1)))
         }
-        let n = rows * cols;
+        fn floats<T>(
+            name: &'static str,
+            cols: usize,
+            parts: &[(usize, &[u8])],
+            from: impl Fn(&[u8]) -> T,
+        ) -> Result<Vec<T>, TensorError> {
+            let size = size_of::<T>();
+            for &(rows, bytes) in parts {
+                check(name, rows, cols, rows * cols * size, bytes.len())?;
+            }
+            Ok(parts
+                .iter()
+                .flat_map(|p| p.1.chunks_exact(size))
+                .map(from)
+                .collect())
+        }
+        let rows = parts.iter().map(|p| p.0).sum();
         let data = match ggml {
-            ggml_type::F32 => {
-                check("f32", rows, cols, n * 4, bytes.len())?;
-                WeightData::F32(
-                    bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                )
-            }
-            ggml_type::F16 => {
-                check("f16", rows, cols, n * 2, bytes.len())?;
-                WeightData::F16(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|c| f16::from_le_bytes([c[0], c[1]]))
-                        .collect(),
-                )
-            }
-            ggml_type::BF16 => {
-                check("bf16", rows, cols, n * 2, bytes.len())?;
-                WeightData::Bf16(
-                    bytes
-                        .chunks_exact(2)
-                        .map(|c| bf16::from_le_bytes([c[0], c[1]]))
-                        .collect(),
-                )
-            }
-            ggml_type::Q8_0 => WeightData::Q8_0(blocks(rows, cols, bytes)?),
-            ggml_type::Q4_0 => WeightData::Q4_0(blocks(rows, cols, bytes)?),
-            ggml_type::Q5_0 => WeightData::Q5_0(blocks(rows, cols, bytes)?),
-            ggml_type::Q4_K => WeightData::Q4K(blocks(rows, cols, bytes)?),
-            ggml_type::Q6_K => WeightData::Q6K(blocks(rows, cols, bytes)?),
+            ggml_type::F32 => WeightData::F32(floats("f32", cols, parts, |c| {
+                f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+            })?),
+            ggml_type::F16 => WeightData::F16(floats("f16", cols, parts, |c| {
+                f16::from_le_bytes([c[0], c[1]])
+            })?),
+            ggml_type::BF16 => WeightData::Bf16(floats("bf16", cols, parts, |c| {
+                bf16::from_le_bytes([c[0], c[1]])
+            })?),
+            ggml_type::Q8_0 => WeightData::Q8_0(blocks(cols, parts)?),
+            ggml_type::Q4_0 => WeightData::Q4_0(blocks(cols, parts)?),
+            ggml_type::Q5_0 => WeightData::Q5_0(blocks(cols, parts)?),
+            ggml_type::Q4_K => WeightData::Q4K(blocks(cols, parts)?),
+            ggml_type::Q6_K => WeightData::Q6K(blocks(cols, parts)?),
             other => return Err(TensorError::UnsupportedGgmlType(other)),
         };
         Ok(Weight::new(rows, cols, data))
@@ -227,29 +236,92 @@ impl Weight {
         cols: usize,
         bytes: &[u8],
     ) -> Result<Weight, TensorError> {
+        Weight::from_gguf_parts_for(isa, ggml, cols, &[(rows, bytes)])
+    }
+
+    /// [`Weight::from_gguf_parts`] in the layout `isa`'s kernels read, packed straight from the
+    /// parts where [`Weight::from_gguf_bytes_for`] would pack one matrix: stacking costs no
+    /// copy beyond the one loading each part would.
+    pub fn from_gguf_parts_for(
+        isa: Isa,
+        ggml: u32,
+        cols: usize,
+        parts: &[(usize, &[u8])],
+    ) -> Result<Weight, TensorError> {
         fn direct<B: Interleaved>(
-            rows: usize,
             cols: usize,
-            bytes: &[u8],
+            parts: &[(usize, &[u8])],
         ) -> Result<Option<Vec<B>>, TensorError> {
-            check_blocks::<B::Plain>(rows, cols, bytes)?;
-            Ok(quant::blocks_view::<B::Plain>(bytes)
-                .map(|plain| quant::pack_matrix(plain, cols / B::Plain::BLOCK)))
+            let mut plain = Vec::with_capacity(parts.len());
+            for &(rows, bytes) in parts {
+                check_blocks::<B::Plain>(rows, cols, bytes)?;
+                match quant::blocks_view::<B::Plain>(bytes) {
+                    Some(blocks) => plain.push(blocks),
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(quant::pack_matrix(&plain, cols / B::Plain::BLOCK)))
         }
-        if isa.0 == IsaKind::Avx512Vnni && rows.is_multiple_of(quant::ROWS) {
+        let rows = parts.iter().map(|p| p.0).sum();
+        if isa.0 == IsaKind::Avx512Vnni && parts.iter().all(|p| p.0.is_multiple_of(quant::ROWS)) {
             let data = match ggml {
-                ggml_type::Q8_0 => direct(rows, cols, bytes)?.map(WeightData::Q8_0x16),
-                ggml_type::Q4_0 => direct(rows, cols, bytes)?.map(WeightData::Q4_0x16),
-                ggml_type::Q5_0 => direct(rows, cols, bytes)?.map(WeightData::Q5_0x16),
-                ggml_type::Q4_K => direct(rows, cols, bytes)?.map(WeightData::Q4Kx16),
-                ggml_type::Q6_K => direct(rows, cols, bytes)?.map(WeightData::Q6Kx16),
+                ggml_type::Q8_0 => direct(cols, parts)?.map(WeightData::Q8_0x16),
+                ggml_type::Q4_0 => direct(cols, parts)?.map(WeightData::Q4_0x16),
+                ggml_type::Q5_0 => direct(cols, parts)?.map(WeightData::Q5_0x16),
+                ggml_type::Q4_K => direct(cols, parts)?.map(WeightData::Q4Kx16),
+                ggml_type::Q6_K => direct(cols, parts)?.map(WeightData::Q6Kx16),
                 _ => None,
             };
             if let Some(data) = data {
                 return Ok(Weight::new(rows, cols, data));
             }
         }
-        Ok(Weight::from_gguf_bytes(ggml, rows, cols, bytes)?.for_isa(isa))
+        Ok(Weight::from_gguf_parts(ggml, cols, parts)?.for_isa(isa))
+    }
+
+    /// Matrices with the same columns and storage joined row-wise into one `[Σ rows_i, cols]`
+    /// (a copy), so that projections of one input run as one matmul; the parts come back
+    /// unchanged when their storages differ, or for FP8, whose scale blocks may straddle parts.
+    pub fn stack_rows(parts: Vec<Weight>) -> Result<Weight, Vec<Weight>> {
+        fn join<T: Clone>(
+            parts: &[Weight],
+            get: impl Fn(&WeightData) -> Option<&Vec<T>>,
+        ) -> Option<Vec<T>> {
+            let mut all = Vec::new();
+            for p in parts {
+                all.extend_from_slice(get(&p.data)?);
+            }
+            Some(all)
+        }
+        let Some(first) = parts.first() else {
+            return Err(parts);
+        };
+        if parts.iter().any(|p| p.cols != first.cols) {
+            return Err(parts);
+        }
+        macro_rules! joined {
+            ($($variant:ident),*) => {
+                match &first.data {
+                    $(WeightData::$variant(_) => join(&parts, |d| match d {
+                        WeightData::$variant(v) => Some(v),
+                        _ => None,
+                    })
+                    .map(WeightData::$variant),)*
+                    WeightData::Fp8Block { .. } => None,
+                }
+            };
+        }
+        let data = joined!(
+            F32, F16, Bf16, Q8_0, Q4_0, Q5_0, Q4K, Q6K, Q8_0x16, Q4_0x16, Q5_0x16, Q4Kx16, Q6Kx16
+        );
+        match data {
+            Some(data) => Ok(Weight::new(
+                parts.iter().map(|p| p.rows).sum(),
+                first.cols,
+                data,
+            )),
+            None => Err(parts),
+        }
     }
 
     /// Short name of the storage type, for messages and `inspect`.
@@ -360,7 +432,7 @@ impl Weight {
     /// (tests run the interleaved reference path everywhere); other weights unchanged.
     pub(crate) fn interleaved(self) -> Weight {
         fn pack<B: Interleaved>(v: &[B::Plain], cols: usize) -> Vec<B> {
-            quant::pack_matrix(v, cols / B::Plain::BLOCK)
+            quant::pack_matrix(&[v], cols / B::Plain::BLOCK)
         }
         if !self.rows.is_multiple_of(quant::ROWS) {
             return self;
@@ -542,6 +614,66 @@ mod tests {
         assert_eq!(back.to_f32(), w.to_f32());
         let err = Weight::from_gguf_bytes(3, rows, cols, &le).unwrap_err(); // Q4_1
         assert!(matches!(err, TensorError::UnsupportedGgmlType(3)));
+    }
+
+    /// Matrices stacked from GGUF parts (packed straight from the bytes where interleaved) or
+    /// joined after loading hold the parts' rows in order, and a matmul over the stack gives
+    /// each part's outputs bit for bit: every ISA, interleaved and plain layouts.
+    #[test]
+    fn stacked_parts_equal_their_parts() {
+        use crate::matmul::matmul_with;
+        use crate::quant::ggml_type;
+        let (cols, t) = (256, 3);
+        let x = values(t * cols, 9);
+        let a = Weight::from_f32(16, cols, values(16 * cols, 6));
+        let b = Weight::from_f32(32, cols, values(32 * cols, 7));
+        let f32_bytes =
+            |w: &Weight| -> Vec<u8> { w.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect() };
+        let mut cases = vec![(ggml_type::F32, f32_bytes(&a), f32_bytes(&b))];
+        for q in [
+            QuantType::Q8_0,
+            QuantType::Q4_0,
+            QuantType::Q4K,
+            QuantType::Q6K,
+        ] {
+            let (qa, qb) = (a.quantize(q).unwrap(), b.quantize(q).unwrap());
+            let (ty, ba) = qa.gguf_block_bytes().unwrap();
+            cases.push((ty, ba.to_vec(), qb.gguf_block_bytes().unwrap().1.to_vec()));
+        }
+        for isa in Isa::available() {
+            for (ty, ba, bb) in &cases {
+                let parts = [(16, &ba[..]), (32, &bb[..])];
+                let stacked = Weight::from_gguf_parts_for(isa, *ty, cols, &parts).unwrap();
+                let pa = Weight::from_gguf_bytes_for(isa, *ty, 16, cols, ba).unwrap();
+                let pb = Weight::from_gguf_bytes_for(isa, *ty, 32, cols, bb).unwrap();
+                assert_eq!(stacked.rows, 48);
+                assert_eq!(stacked.storage_name(), pa.storage_name(), "{isa:?} {ty}");
+                let want_f32 = [pa.to_f32(), pb.to_f32()].concat();
+                assert_eq!(stacked.to_f32(), want_f32, "{isa:?} {ty}");
+                let joined = Weight::stack_rows(vec![pa.clone(), pb.clone()]).unwrap();
+                assert_eq!(joined.to_f32(), want_f32, "{isa:?} {ty}");
+
+                let mut got = vec![0.0; t * 48];
+                matmul_with(isa, &mut got, &x, &stacked, t);
+                let (mut ya, mut yb) = (vec![0.0; t * 16], vec![0.0; t * 32]);
+                matmul_with(isa, &mut ya, &x, &pa, t);
+                matmul_with(isa, &mut yb, &x, &pb, t);
+                for s in 0..t {
+                    let want = [&ya[s * 16..(s + 1) * 16], &yb[s * 32..(s + 1) * 32]].concat();
+                    assert_eq!(
+                        &got[s * 48..(s + 1) * 48],
+                        &want[..],
+                        "{isa:?} {ty} token {s}"
+                    );
+                }
+                // A part whose bytes are not its rows is an error, not a shorter matrix.
+                let short = [(16, &ba[..]), (32, &bb[1..])];
+                assert!(Weight::from_gguf_parts_for(isa, *ty, cols, &short).is_err());
+            }
+        }
+        // Different storages stay apart.
+        let mixed = vec![a.quantize(QuantType::Q8_0).unwrap(), b.clone()];
+        assert_eq!(Weight::stack_rows(mixed).unwrap_err().len(), 2);
     }
 
     #[test]

@@ -320,7 +320,7 @@ fn check_x16<B: crate::quant::Interleaved>() {
     for blocks in [1, 2, 7, 8, 9, 31, 64] {
         let n = blocks * B::Plain::BLOCK;
         let plain = quantize::<B::Plain>(&values(ROWS * n, 7));
-        let packed = pack_matrix::<B>(&plain, blocks);
+        let packed = pack_matrix::<B>(&[&plain], blocks);
         for r in 0..ROWS {
             let row = unpack_row(&packed, blocks, r);
             let (got, want) = (&row[..], &plain[r * blocks..(r + 1) * blocks]);

@@ -209,19 +209,25 @@ pub(crate) fn blank<B: GgmlType>() -> B {
     unsafe { std::mem::zeroed() }
 }
 
-/// Copies GGUF tensor bytes into blocks. A copy because the caller's bytes (an mmap) need not
+/// Copies GGUF tensor bytes (one or more parts, in order) into blocks. A copy because the caller's bytes (an mmap) need not
 /// be aligned for `B` and a `Vec` owns its data; a borrowed, zero-copy view is future work.
-pub(crate) fn blocks_from_bytes<B: GgmlType>(bytes: &[u8]) -> Vec<B> {
+pub(crate) fn blocks_from_bytes<'a, B: GgmlType>(
+    parts: impl Iterator<Item = &'a [u8]> + Clone,
+) -> Vec<B> {
     let size = std::mem::size_of::<B>();
-    debug_assert_eq!(bytes.len() % size, 0);
-    let n = bytes.len() / size;
+    let n: usize = parts.clone().map(|p| p.len() / size).sum();
     let mut out: Vec<B> = Vec::with_capacity(n);
-    // SAFETY: `out` has capacity for `n` blocks = `bytes.len()` bytes, the regions do not
-    // overlap, and `GgmlType` guarantees any bytes are a valid `B`, so setting the length after
-    // the copy exposes only initialised, valid values.
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().cast::<u8>(), n * size);
-        out.set_len(n);
+    for bytes in parts {
+        debug_assert_eq!(bytes.len() % size, 0);
+        let k = bytes.len() / size;
+        // SAFETY: `out` has capacity for all `n` blocks and holds the previous parts' blocks
+        // only, the regions do not overlap, and `GgmlType` guarantees any bytes are a valid
+        // `B`, so setting the length after the copy exposes only initialised, valid values.
+        unsafe {
+            let dst = out.as_mut_ptr().add(out.len()).cast::<u8>();
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, k * size);
+            out.set_len(out.len() + k);
+        }
     }
     out
 }

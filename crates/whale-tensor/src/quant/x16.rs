@@ -257,19 +257,24 @@ pub(super) fn dot_unpacked<B: Interleaved, const N: usize>(
     out
 }
 
-/// Interleaves a row-major `[rows, blocks_per_row]` block matrix (`rows % 16 == 0`): block
-/// `g · blocks_per_row + b` of the result holds block column `b` of rows `16·g..16·g + 16`.
-pub fn pack_matrix<B: Interleaved>(plain: &[B::Plain], blocks_per_row: usize) -> Vec<B> {
+/// Interleaves row-major `[rows_i, blocks_per_row]` block matrices stacked row-wise (each
+/// `rows_i % 16 == 0`; one part for a single matrix): block `g · blocks_per_row + b` of the
+/// result holds block column `b` of the stack's rows `16·g..16·g + 16`.
+pub fn pack_matrix<B: Interleaved>(parts: &[&[B::Plain]], blocks_per_row: usize) -> Vec<B> {
     use rayon::prelude::*;
-    assert_eq!(plain.len() % (ROWS * blocks_per_row.max(1)), 0);
-    let groups = plain.len() / (ROWS * blocks_per_row.max(1));
-    (0..groups * blocks_per_row)
+    let group_len = ROWS * blocks_per_row.max(1);
+    let groups: Vec<&[B::Plain]> = parts
+        .iter()
+        .flat_map(|part| {
+            assert_eq!(part.len() % group_len, 0, "parts hold whole 16-row groups");
+            part.chunks_exact(group_len)
+        })
+        .collect();
+    (0..groups.len() * blocks_per_row)
         .into_par_iter()
         .map(|i| {
             let (g, b) = (i / blocks_per_row, i % blocks_per_row);
-            B::pack(std::array::from_fn(|r| {
-                &plain[(ROWS * g + r) * blocks_per_row + b]
-            }))
+            B::pack(std::array::from_fn(|r| &groups[g][r * blocks_per_row + b]))
         })
         .collect()
 }

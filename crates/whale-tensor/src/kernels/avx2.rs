@@ -388,13 +388,11 @@ unsafe fn nibbles_to_bytes(q: &[u8; 16]) -> __m256i {
 // ---------------------------------------------------------------------------------------------
 // K-quant weights against Q8_K activations.
 
-/// The eight pairwise sums `bsums[2j] + bsums[2j + 1]` (one per 32-value sub-block) as i16.
+/// The eight sums of the activations' 32-value sub-blocks as i16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn bsum_pairs(ab: &BlockQ8K) -> __m128i {
-    let lo = _mm_loadu_si128(ab.bsums.as_ptr().cast());
-    let hi = _mm_loadu_si128(ab.bsums.as_ptr().add(8).cast());
-    _mm_hadd_epi16(lo, hi)
+    _mm_loadu_si128(ab.sums32.as_ptr().cast())
 }
 
 /// Per super-block `d·d_a·Σ_j sc_j·Σ n·a_q − dmin·d_a·Σ_j m_j·bsum_pair_j`.

@@ -109,12 +109,6 @@ x16_dot!(dot_q5_0x16, BlockQ5_0x16, offset: 16, lines: |b: &BlockQ5_0x16| {
     })
 });
 
-/// The activations' `bsums` added in pairs: one i16 sum per 32-value sub-block.
-#[inline(always)]
-fn sub_block_sums(a: &BlockQ8K) -> [i16; 8] {
-    std::array::from_fn(|j| a.bsums[2 * j] + a.bsums[2 * j + 1])
-}
-
 /// Per super-block and row, `d·d_a·Σ_j sc_j·(n_j · a_j) − dmin·d_a·Σ_j m_j·Σ a_j`: the
 /// sixteen rows' sub-block dot products from `vpdpbusd`, converted to f32 and scaled lane-wise
 /// by their 6-bit scales in one FMA (an integer `vpmulld` instead, two port-0 µops, competed
@@ -165,11 +159,12 @@ pub unsafe fn dot_q4_kx16<const N: usize>(w: &[BlockQ4Kx16], a: &[BlockQ8K]) -> 
         for t in 0..N {
             // SAFETY: as above.
             let ab = &*tile.add(t);
-            let s = sub_block_sums(ab);
+            // Sub-blocks 2k and 2k + 1's activation sums as one i32: low half, high half.
+            let pairs = ab.sums32.as_ptr().cast::<i32>();
             let mut m = _mm512_setzero_si512();
-            for k in 0..4 {
-                let pair = (s[2 * k] as u16 as u32 | ((s[2 * k + 1] as u16 as u32) << 16)) as i32;
-                m = _mm512_dpwssd_epi32(m, mins[k], _mm512_set1_epi32(pair));
+            for (k, &mins) in mins.iter().enumerate() {
+                let pair = _mm512_set1_epi32(pairs.add(k).read_unaligned());
+                m = _mm512_dpwssd_epi32(m, mins, pair);
             }
             let da = _mm512_set1_ps(ab.d);
             acc[t] = _mm512_fmadd_ps(sumi[t], _mm512_mul_ps(dw, da), acc[t]);

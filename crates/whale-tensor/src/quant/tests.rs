@@ -138,12 +138,23 @@ fn matches_ggml_reference_bytes() {
         check::<BlockQ6K>(&x, r.q6_k, r.seed);
         let mut k = vec![BlockQ8K::default(); x.len() / QK_K];
         BlockQ8K::quantize_ref(&x, &mut k);
-        // SAFETY: BlockQ8K is repr(C) without padding (pinned in q8_k.rs), so all bytes are
-        // initialised.
-        let kb = unsafe {
-            std::slice::from_raw_parts(k.as_ptr().cast::<u8>(), std::mem::size_of_val(k.as_slice()))
-        };
-        assert_eq!(fnv1a(kb), r.q8_k, "q8_k bytes, seed {}", r.seed);
+        // ggml's block_q8_K is each block's first 292 bytes (d, qs, bsums); whale's `sums32`
+        // follows them.
+        let kb: Vec<u8> = k
+            .iter()
+            .flat_map(|b| {
+                let bsums = b.bsums.iter().flat_map(|s| s.to_le_bytes());
+                b.d.to_le_bytes()
+                    .into_iter()
+                    .chain(b.qs.map(|q| q as u8))
+                    .chain(bsums)
+            })
+            .collect();
+        assert_eq!(fnv1a(&kb), r.q8_k, "q8_k bytes, seed {}", r.seed);
+        for b in &k {
+            let pairs: Vec<i16> = b.bsums.chunks_exact(2).map(|p| p[0] + p[1]).collect();
+            assert_eq!(b.sums32[..], pairs[..], "sums32, seed {}", r.seed);
+        }
     }
 }
 

@@ -649,11 +649,11 @@ impl Model {
                 .as_ref()
                 .expect("absorbed MLA keeps kv_b per head");
             let tokens: usize = absorbed.iter().map(|&(_, _, n)| n).sum();
-            let q_abs: Vec<f32> = absorbed
-                .iter()
-                .flat_map(|&(_, s0, n)| &q[s0 * h * qk..(s0 + n) * h * qk])
-                .copied()
-                .collect();
+            let q_abs = concat(
+                absorbed
+                    .iter()
+                    .map(|&(_, s0, n)| &q[s0 * h * qk..(s0 + n) * h * qk]),
+            );
             let q_lat = self.absorb_queries(ab, &q_abs, tokens); // [tokens, h, c + r]
 
             // Each step over its own cache; steps side by side (a decode step's pass over a
@@ -715,24 +715,17 @@ impl Model {
                 &decoded[..]
             }
         };
-        let latents: Vec<f32> = cached
-            .chunks_exact(ld)
-            .flat_map(|r| &r[..cd])
-            .copied()
-            .collect();
+        let latents = concat(cached.chunks_exact(ld).map(|r| &r[..cd]));
         let mut kvb = vec![0.0f32; total * h * (nd + vd)]; // [T, h, n + v]
         matmul(&mut kvb, &latents, &a.kv_b, total);
         let per_head: Vec<Vec<f32>> = (0..h)
             .into_par_iter()
             .map(|head| {
                 // Keys [T, n + r]: the head's decompressed k_nope and the shared k_pe.
-                let keys: Vec<f32> = (0..total)
-                    .flat_map(|j| {
-                        let k = &kvb[(j * h + head) * (nd + vd)..][..nd];
-                        k.iter().chain(&cached[j * ld + cd..][..rd])
-                    })
-                    .copied()
-                    .collect();
+                let keys = concat((0..total).flat_map(|j| {
+                    let k = &kvb[(j * h + head) * (nd + vd)..][..nd];
+                    [k, &cached[j * ld + cd..][..rd]]
+                }));
                 let values = &kvb[head * (nd + vd) + nd..]; // row j at j·h·(n + v)
                 let mut o = vec![0.0f32; n * vd]; // [s, v]
 
@@ -741,10 +734,7 @@ impl Model {
                 for s0 in (0..n).step_by(block) {
                     let s1 = (s0 + block).min(n);
                     let visible_all = p0 + s1;
-                    let qh: Vec<f32> = (s0..s1)
-                        .flat_map(|s| &q[(s * h + head) * qk..][..qk])
-                        .copied()
-                        .collect();
+                    let qh = concat((s0..s1).map(|s| &q[(s * h + head) * qk..][..qk]));
                     let mut probs = vec![0.0f32; (s1 - s0) * visible_all];
                     let keys = Rows::f32(&keys, qk);
                     matmul_rows(&mut probs, &qh, keys, visible_all, qk, s1 - s0);
@@ -772,7 +762,7 @@ impl Model {
         let MlaDims {
             h, nd, cd, qk, ld, ..
         } = MlaDims::of(&self.config);
-        let q_nope: Vec<f32> = q.chunks_exact(qk).flat_map(|q| &q[..nd]).copied().collect();
+        let q_nope = concat(q.chunks_exact(qk).map(|q| &q[..nd]));
         let mut lat = vec![0.0f32; t * h * cd]; // [t, h, c]
         matmul_heads(&mut lat, &q_nope, &ab.uk_t, h, t);
         let mut q_lat = vec![0.0f32; t * h * ld];
@@ -915,6 +905,16 @@ impl Mlp {
         matmul(&mut y, &g, &self.down, t);
         y
     }
+}
+
+/// `parts` one after another, copied a slice at a time (a flattened iterator of floats copied
+/// them one by one: 1.5% of a long prefill).
+fn concat<'a>(parts: impl Iterator<Item = &'a [f32]> + Clone) -> Vec<f32> {
+    let mut out = Vec::with_capacity(parts.clone().map(<[f32]>::len).sum());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out
 }
 
 /// One query's scores over the cache turned into probabilities in place: the first `visible`

@@ -118,6 +118,7 @@ x16_dot!(dot_q5_0x16, BlockQ5_0x16, offset: 16, lines: |b: &BlockQ5_0x16| {
 pub unsafe fn dot_q4_kx16<const N: usize>(w: &[BlockQ4Kx16], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
     assert_eq!(a.len(), N * w.len(), "activation tile length");
     let m4 = _mm512_set1_epi8(0x0F);
+    let m4_high = _mm512_set1_epi8(0xF0u8 as i8);
     let mut acc = [_mm512_setzero_ps(); N];
     for (b, wb) in w.iter().enumerate() {
         // The tile's N activation blocks for this super-block, side by side.
@@ -129,15 +130,20 @@ pub unsafe fn dot_q4_kx16<const N: usize>(w: &[BlockQ4Kx16], a: &[BlockQ8K]) -> 
             // Plain loops: `array::map` here was compiled out of line (profiled), with the
             // vectors passed through memory.
             let (mut lo, mut hi) = ([_mm512_setzero_si512(); 8], [_mm512_setzero_si512(); 8]);
+            // The high nibbles stay in place, as 16·n, and the 1/16 goes into their scales
+            // (exact in f32): a shift per line saved on port 0, beside `vpdpbusd` (Q4_K matmul
+            // +5% stand-alone). The sums stay exact: 8 lines · 4 · 240 · 128 < 2^20.
             for l in 0..8 {
                 let raw = _mm512_loadu_si512(p.add(64 * l).cast());
                 lo[l] = _mm512_and_si512(raw, m4);
-                hi[l] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                hi[l] = _mm512_and_si512(raw, m4_high);
             }
             let sc = wb.scales.as_ptr().add(32 * c);
             let sc_lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(sc.cast())));
-            let sc_hi =
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(sc.add(16).cast())));
+            let sc_hi = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(sc.add(16).cast()))),
+                _mm512_set1_ps(1.0 / 16.0),
+            );
             for (t, sumi) in sumi.iter_mut().enumerate() {
                 // SAFETY: b · N + t < a.len() (checked above); 64c + 64 ≤ 256.
                 let q = (*tile.add(t)).qs.as_ptr().add(64 * c).cast::<i32>();

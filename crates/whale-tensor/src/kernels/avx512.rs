@@ -185,69 +185,69 @@ pub unsafe fn dot_q4_kx16<const N: usize>(w: &[BlockQ4Kx16], a: &[BlockQ8K]) -> 
 }
 
 /// Per super-block and row, `d·d_a·Σ_g sc_g·(n_g · a_g − 32·Σ a_g)`: each 16-value
-/// sub-block's chain starts at the offset term (from `bsums`), takes four `vpdpbusd`, and is
-/// scaled lane-wise by its i8 scales.
+/// sub-block's chain starts at the offset term (`−32·bsums`, widened once per token and
+/// super-block), takes four `vpdpbusd`, and is scaled lane-wise by its i8 scales in f32 (one
+/// convert and FMA instead of `vpmulld`'s two port-0 µops and an add). The sub-blocks are
+/// taken a quarter at a time, four lines each, so that the lines, the scales and the `2·N`
+/// accumulators fit the registers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_q6_kx16<const N: usize>(w: &[BlockQ6Kx16], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
     assert_eq!(a.len(), N * w.len(), "activation tile length");
     let m4 = _mm512_set1_epi8(0x0F);
     let m30 = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); N];
+    let mut offsets = [[0i32; 16]; N];
     for (b, wb) in w.iter().enumerate() {
         // The tile's N activation blocks for this super-block, side by side.
         let tile = a.as_ptr().add(b * N);
-        let mut sumi = [_mm512_setzero_si512(); N];
-        // Lines 4s..4s + 4 of each quarter: sub-blocks s, s + 4, s + 8, s + 12.
+        for (t, offsets) in offsets.iter_mut().enumerate() {
+            // SAFETY: b · N + t < a.len() (checked above).
+            let bsums = _mm256_loadu_si256((*tile.add(t)).bsums.as_ptr().cast());
+            let scaled = _mm512_slli_epi32(_mm512_cvtepi16_epi32(bsums), 5);
+            let negated = _mm512_sub_epi32(_mm512_setzero_si512(), scaled);
+            _mm512_storeu_si512(offsets.as_mut_ptr().cast(), negated);
+        }
+        let mut sums = [_mm512_setzero_ps(); N];
+        // Lines 4s..4s + 4 of each quarter i: sub-block g = s + 4i.
         for s in 0..4 {
             prefetch_block::<_, 4>(w, b, s);
-            // Plain loops, not closures: a closure does not inherit this function's target
-            // features, and LLVM left the decoding out of line (3% of Q4_0 decode).
-            let mut lines = [[_mm512_setzero_si512(); 4]; 4];
-            #[allow(clippy::needless_range_loop)] // k is also the line offset
-            for k in 0..4 {
-                let ql0 = _mm512_loadu_si512(wb.ql.as_ptr().add(64 * (4 * s + k)).cast());
-                let ql1 = _mm512_loadu_si512(wb.ql.as_ptr().add(64 * (16 + 4 * s + k)).cast());
-                let qh = _mm512_loadu_si512(wb.qh.as_ptr().add(64 * (4 * s + k)).cast());
-                // Low nibbles, and bits 2i, 2i + 1 of the high byte moved to bits 4, 5.
-                let high = [
-                    _mm512_slli_epi16(qh, 4),
-                    _mm512_slli_epi16(qh, 2),
-                    qh,
-                    _mm512_srli_epi16(qh, 2),
-                ];
-                let low = [
-                    ql0,
-                    ql1,
-                    _mm512_srli_epi16(ql0, 4),
-                    _mm512_srli_epi16(ql1, 4),
-                ];
-                for i in 0..4 {
-                    lines[i][k] = _mm512_or_si512(
-                        _mm512_and_si512(low[i], m4),
-                        _mm512_and_si512(high[i], m30),
+            for i in 0..4 {
+                let g = s + 4 * i;
+                // Plain loops, not closures: a closure does not inherit this function's
+                // target features, and LLVM left the decoding out of line (3% of Q4_0 decode).
+                let mut lines = [_mm512_setzero_si512(); 4];
+                #[allow(clippy::needless_range_loop)] // k is also the line offset
+                for k in 0..4 {
+                    // Low nibbles of line 4s + k (quarters 0, 1) or their high nibbles
+                    // (quarters 2, 3), and bits 2i, 2i + 1 of the high byte moved to bits 4, 5.
+                    let ql = _mm512_loadu_si512(
+                        wb.ql.as_ptr().add(64 * (16 * (i % 2) + 4 * s + k)).cast(),
                     );
+                    let qh = _mm512_loadu_si512(wb.qh.as_ptr().add(64 * (4 * s + k)).cast());
+                    let low = if i < 2 { ql } else { _mm512_srli_epi16(ql, 4) };
+                    let high = match i {
+                        0 => _mm512_slli_epi16(qh, 4),
+                        1 => _mm512_slli_epi16(qh, 2),
+                        2 => qh,
+                        _ => _mm512_srli_epi16(qh, 2),
+                    };
+                    lines[k] =
+                        _mm512_or_si512(_mm512_and_si512(low, m4), _mm512_and_si512(high, m30));
                 }
-            }
-            let mut sc = [_mm512_setzero_si512(); 4];
-            for (i, sc) in sc.iter_mut().enumerate() {
-                let p = wb.scales.as_ptr().add(16 * (s + 4 * i));
-                *sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()));
-            }
-            for (t, sumi) in sumi.iter_mut().enumerate() {
-                // SAFETY: b · N + t < a.len() (checked above); 16g + 16 ≤ 256.
-                let ab = &*tile.add(t);
-                for i in 0..4 {
-                    let g = s + 4 * i;
-                    let q = ab.qs.as_ptr().add(16 * g).cast::<i32>();
-                    let mut p = _mm512_set1_epi32(-32 * ab.bsums[g] as i32);
-                    for (k, &line) in lines[i].iter().enumerate() {
+                let sc_p = wb.scales.as_ptr().add(16 * g);
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc_p.cast())));
+                for (t, sum) in sums.iter_mut().enumerate() {
+                    // SAFETY: b · N + t < a.len() (checked above); 16g + 16 ≤ 256.
+                    let q = (*tile.add(t)).qs.as_ptr().add(16 * g).cast::<i32>();
+                    let mut p = _mm512_set1_epi32(offsets[t][g]);
+                    for (k, &line) in lines.iter().enumerate() {
                         p = _mm512_dpbusd_epi32(
                             p,
                             line,
                             _mm512_set1_epi32(q.add(k).read_unaligned()),
                         );
                     }
-                    *sumi = _mm512_add_epi32(*sumi, _mm512_mullo_epi32(p, sc[i]));
+                    *sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, *sum);
                 }
             }
         }
@@ -255,7 +255,7 @@ pub unsafe fn dot_q6_kx16<const N: usize>(w: &[BlockQ6Kx16], a: &[BlockQ8K]) -> 
         for t in 0..N {
             // SAFETY: as above.
             let da = _mm512_set1_ps((*tile.add(t)).d);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[t]), _mm512_mul_ps(dw, da), acc[t]);
+            acc[t] = _mm512_fmadd_ps(sums[t], _mm512_mul_ps(dw, da), acc[t]);
         }
     }
     let mut out = [[0.0f32; ROWS]; N];

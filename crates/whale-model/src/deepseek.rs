@@ -850,10 +850,7 @@ impl Model {
                 active
                     .par_iter()
                     .map(|&(expert, tokens)| {
-                        let mut xs = Vec::with_capacity(tokens.len() * d);
-                        for &(s, _) in tokens {
-                            xs.extend_from_slice(&x[s * d..(s + 1) * d]);
-                        }
+                        let xs = concat(tokens.iter().map(|&(s, _)| &x[s * d..(s + 1) * d]));
                         m.experts[expert].forward(&xs, tokens.len())
                     })
                     .collect::<Vec<_>>()

@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::{self, Isa, VecDot};
-use crate::quant::{tile_acts, Act, ActBlock, GgmlType, Interleaved, ROWS};
+use crate::quant::{Act, ActBlock, GgmlType, Interleaved, ROWS};
 use crate::rows::{RowData, Rows};
 use crate::threads;
 use crate::weight::{Weight, WeightData};
@@ -313,7 +313,7 @@ fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut
         })
         .map(|(tokens, h)| {
             let rows: Vec<usize> = tokens.map(|t| s.act_row(t, h * s.head_rows())).collect();
-            tile_acts(&acts, a_len, &rows)
+            B::tile(isa, &acts, a_len, &rows)
         })
         .collect();
     let task = |first: usize| {

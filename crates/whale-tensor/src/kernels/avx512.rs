@@ -6,7 +6,8 @@
 //! Per Q8_0/Q4_0/Q5_0 block column and token: eight `vpdpbusd`, each multiplying one 64-byte line of weights
 //! (four levels of sixteen rows) by four activation bytes broadcast to every lane, accumulate
 //! the sixteen rows' integer dot products lane by lane; the stored offset is removed by starting
-//! the sum at `−OFFSET · Σ a`; one convert and one FMA apply the sixteen `d_w · d_a`. Up to
+//! the sum at `−OFFSET · Σ a` (the tile's `sums`, scaled when the tile was built:
+//! [`crate::quant::Interleaved::tile`]); one convert and one FMA apply the sixteen `d_w · d_a`. Up to
 //! eight tokens share each unpacked weight block (31 of the 32 registers hold the tile). The
 //! K-quant kernels do the same per sub-block and apply its integer scales lane-wise.
 
@@ -22,7 +23,7 @@ use crate::quant::{
 const GROUP: usize = 8;
 
 macro_rules! x16_dot {
-    ($name:ident, $wt:ty, offset: $offset:expr, lines: $lines:expr $(,)?) => {
+    ($name:ident, $wt:ty, lines: $lines:expr $(,)?) => {
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
         pub unsafe fn $name<const N: usize>(w: &[$wt], a: &[BlockQ8_0x8]) -> [[f32; ROWS]; N] {
             let lines = $lines;
@@ -44,7 +45,8 @@ macro_rules! x16_dot {
                     let ag = &*tile.add(t);
                     let q = ag.qs[i].as_ptr().cast::<i32>();
                     let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
-                    let mut p0 = _mm512_set1_epi32(-$offset * ag.sums[i]);
+                    // `sums` is already −OFFSET · Σ a (`Interleaved::tile`).
+                    let mut p0 = _mm512_set1_epi32(ag.sums[i]);
                     let sums = if N < 4 {
                         // Two chains halve the dependency latency when few tokens interleave.
                         let mut p1 = _mm512_setzero_si512();
@@ -74,13 +76,13 @@ macro_rules! x16_dot {
 }
 
 // Eight lines of 64 bytes, stored as they are used.
-x16_dot!(dot_q8_0x16, BlockQ8_0x16, offset: 128, lines: |b: &BlockQ8_0x16| {
+x16_dot!(dot_q8_0x16, BlockQ8_0x16, lines: |b: &BlockQ8_0x16| {
     let p = b.qs.as_ptr();
     std::array::from_fn(|j| _mm512_loadu_si512(p.add(64 * j).cast()))
 });
 
 // Four lines of nibbles: the low ones are elements 0..16 (lines 0..4), the high ones 16..32.
-x16_dot!(dot_q4_0x16, BlockQ4_0x16, offset: 8, lines: |b: &BlockQ4_0x16| {
+x16_dot!(dot_q4_0x16, BlockQ4_0x16, lines: |b: &BlockQ4_0x16| {
     let p = b.qs.as_ptr();
     let mask = _mm512_set1_epi8(0x0F);
     let raw: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(p.add(64 * j).cast()));
@@ -94,7 +96,7 @@ x16_dot!(dot_q4_0x16, BlockQ4_0x16, offset: 8, lines: |b: &BlockQ4_0x16| {
 });
 
 // Q4_0's nibble lines with the fifth bits added from their byte masks.
-x16_dot!(dot_q5_0x16, BlockQ5_0x16, offset: 16, lines: |b: &BlockQ5_0x16| {
+x16_dot!(dot_q5_0x16, BlockQ5_0x16, lines: |b: &BlockQ5_0x16| {
     let p = b.qs.as_ptr();
     let mask = _mm512_set1_epi8(0x0F);
     let fifth = _mm512_set1_epi8(0x10);

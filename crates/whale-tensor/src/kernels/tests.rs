@@ -309,7 +309,7 @@ fn x16_tile<B: crate::quant::Interleaved, const N: usize>(
     let len = a[0].len();
     let flat: Vec<_> = a.iter().flat_map(|row| row.iter().copied()).collect();
     let rows: Vec<usize> = (0..N).collect();
-    B::dot_tile::<N>(isa, w, &crate::quant::tile_acts(&flat, len, &rows))
+    B::dot_tile::<N>(isa, w, &B::tile(isa, &flat, len, &rows))
 }
 
 /// The interleaved kernels on every instruction set (AVX-512 VNNI where present, otherwise the

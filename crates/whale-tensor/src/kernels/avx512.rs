@@ -3,13 +3,13 @@
 //! Each is an `unsafe fn` compiled with AVX-512 F/BW/VNNI (and AVX2/FMA/F16C); callers go
 //! through [`super::Isa`], which holds `Avx512Vnni` only when the CPU reported all of them.
 //!
-//! Per Q8_0/Q4_0/Q5_0 block column and token: eight `vpdpbusd`, each multiplying one 64-byte line of weights
-//! (four levels of sixteen rows) by four activation bytes broadcast to every lane, accumulate
-//! the sixteen rows' integer dot products lane by lane; the stored offset is removed by starting
-//! the sum at `−OFFSET · Σ a` (the tile's `sums`, scaled when the tile was built:
-//! [`crate::quant::Interleaved::tile`]); one convert and one FMA apply the sixteen `d_w · d_a`. Up to
-//! eight tokens share each unpacked weight block (31 of the 32 registers hold the tile). The
-//! K-quant kernels do the same per sub-block and apply its integer scales lane-wise.
+//! Per Q8_0/Q4_0/Q5_0 block column and token: eight `vpdpbusd`, each multiplying one 64-byte
+//! line of weights (four levels of sixteen rows) by four activation bytes broadcast to every
+//! lane, accumulate the sixteen rows' integer dot products lane by lane; the stored offset is
+//! removed by starting the sum at `−OFFSET · Σ a` (the tile's `sums`, scaled when the tile was
+//! built: [`crate::quant::Interleaved::tile`]); one convert and one FMA apply the sixteen
+//! `d_w · d_a`. Up to eight tokens share each unpacked weight block (31 of the 32 registers hold
+//! the tile). The K-quant kernels do the same per sub-block and apply its scales lane-wise.
 
 use std::arch::x86_64::*;
 

@@ -209,8 +209,9 @@ pub(crate) fn blank<B: GgmlType>() -> B {
     unsafe { std::mem::zeroed() }
 }
 
-/// Copies GGUF tensor bytes (one or more parts, in order) into blocks. A copy because the caller's bytes (an mmap) need not
-/// be aligned for `B` and a `Vec` owns its data; a borrowed, zero-copy view is future work.
+/// Copies GGUF tensor bytes (one or more parts, in order) into blocks. A copy because the
+/// caller's bytes (an mmap) need not be aligned for `B` and a `Vec` owns its data; a borrowed,
+/// zero-copy view is future work.
 pub(crate) fn blocks_from_bytes<'a, B: GgmlType>(
     parts: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> Vec<B> {

@@ -15,8 +15,8 @@ pub struct BlockQ8K {
     pub bsums: [i16; QK_K / 16],
     /// `sums32[j] = Σ qs[32j .. 32j + 32]` (the `bsums` added in pairs), for Q4_K's 32-value
     /// sub-blocks: read two at a time as the i32 lanes `vpdpwssd` takes, they save the AVX-512
-    /// kernel building those pairs per row group (a tenth of a Q4_K prefill matmul). Not in
-    /// ggml's block, which whale never reads or writes as bytes.
+    /// kernel building those pairs per row group and token (4% of a Q4_K prefill matmul). Not
+    /// in ggml's block, which whale never reads or writes as bytes.
     pub sums32: [i16; QK_K / 32],
 }
 

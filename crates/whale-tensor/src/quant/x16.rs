@@ -30,9 +30,10 @@ pub trait Interleaved: Copy + Send + Sync + std::fmt::Debug + 'static {
 
     /// `out[t][r] = w_r · a_t` for the sixteen rows of `w` (a row group's blocks, one per block
     /// column) and `N` activation rows in the plain block's activation format, given as one
-    /// [`tile_acts`] slice: block `i` of row `t` at `a[i · N + t]`, so that the kernel reaches
-    /// every token's block from one pointer (with a pointer per token the 8-token Q8_0 kernel
-    /// ran out of registers: 2.27 against 1.69 ns per 16-row block and token, measured alone).
+    /// slice made by [`Self::tile`] for the same `isa`: block `i` of row `t` at `a[i · N + t]`,
+    /// so that the kernel reaches every token's block from one pointer (with a pointer per
+    /// token the 8-token Q8_0 kernel ran out of registers: 2.27 against 1.69 ns per 16-row
+    /// block and token, measured alone).
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[Act<Self>]) -> [[f32; ROWS]; N];
 
     /// Activation rows `rows` of `acts` (each `len` blocks) as the tile [`Self::dot_tile`]
@@ -64,7 +65,7 @@ pub fn tile_acts<A: Copy>(acts: &[A], len: usize, rows: &[usize]) -> Vec<A> {
 /// bytes +128, Q4_0's nibbles +8, Q5_0's +16): for the AVX-512 kernels each block's `sums` is
 /// multiplied by `−offset`, the value its integer dot product starts from. Once per matmul this
 /// saves each row group a multiply and a broadcast from a general register (on the port the
-/// `vpdpbusd` also use: Q8_0 and Q4_0 matmuls +6% stand-alone); other ISAs read plain sums.
+/// `vpdpbusd` also use: Q8_0 and Q4_0 matmuls +2–3% stand-alone); other ISAs read plain sums.
 fn offset_tile(
     isa: Isa,
     acts: &[BlockQ8_0x8],

@@ -210,7 +210,7 @@ pub fn exp_clamped(y: f32) -> f32 {
 /// `gate[i] = silu(gate[i]) · up[i]` (the reference for the SIMD version).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = crate::ops::silu(*g) * u;
     }
 }
 

@@ -454,14 +454,19 @@ fn weighted_rows_match_scalar() {
     check::<8>();
 }
 
+/// `n` values spread over `[top − width, top]` in a scrambled order (step 37 of 101).
+fn spread(n: usize, top: f32, width: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| top - width * ((i * 37 % 101) as f32 / 100.0))
+        .collect()
+}
+
 #[test]
 fn softmax_exponentials_match_libm() {
     for isa in Isa::available() {
         for n in [1, 7, 8, 9, 31, 1000] {
             // Scores spread over [m − 100, m] so some fall below the cutoff.
-            let x: Vec<f32> = (0..n)
-                .map(|i| 3.0 - 100.0 * ((i * 37 % 101) as f32 / 100.0))
-                .collect();
+            let x = spread(n, 3.0, 100.0);
             let mut got = x.clone();
             let sum = exp_sub_sum(isa, &mut got, 3.0);
             let mut want_sum = 0.0f64;
@@ -492,9 +497,7 @@ fn swiglu_matches_f64() {
     for isa in Isa::available() {
         for n in [1, 7, 8, 9, 31, 1000] {
             // Gates over [−120, 120]: both tails of the exponential, and the clamp past 88.
-            let gate: Vec<f32> = (0..n)
-                .map(|i| 120.0 - 240.0 * ((i * 37 % 101) as f32 / 100.0))
-                .collect();
+            let gate = spread(n, 120.0, 240.0);
             let up: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0).collect();
             let mut got = gate.clone();
             swiglu(isa, &mut got, &up);

@@ -109,6 +109,8 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.cmd = [whale, "serve", "--model", model, "--port", str(self.port), "--ctx", str(ctx), *extra]
+        # A log of our own is removed after a clean stop; kept (and named in the error) otherwise.
+        self.own_log = log is None
         self.log = log or tempfile.NamedTemporaryFile(prefix="whale-serve-", suffix=".log", delete=False).name
         self.proc = None
 
@@ -142,6 +144,8 @@ class Server:
         self.log_file.close()
         if exc[0] is None and code != 0:
             raise RuntimeError(f"whale serve exited with {code} after SIGTERM; log: {self.log}\n{self.tail()}")
+        if exc[0] is None and self.own_log:
+            os.unlink(self.log)
 
     def tail(self, n=30):
         try:

@@ -6,8 +6,8 @@
 //! Per Q8_0/Q4_0/Q5_0 block column and token: eight `vpdpbusd`, each multiplying one 64-byte
 //! line of weights (four levels of sixteen rows) by four activation bytes broadcast to every
 //! lane, accumulate the sixteen rows' integer dot products lane by lane; the stored offset is
-//! removed by starting the sum at `−OFFSET · Σ a` (the tile's sums, scaled when the tile was
-//! built: [`crate::quant::BlockedTile`]); one convert and one FMA apply the sixteen
+//! removed by starting the sum at `−OFFSET · Σ a` (the tile's `sums`, scaled when the tile was
+//! built: [`crate::quant::Interleaved::tile`]); one convert and one FMA apply the sixteen
 //! `d_w · d_a`. Up to eight tokens share each unpacked weight block (31 of the 32 registers hold
 //! the tile). The K-quant kernels do the same per sub-block and apply its scales lane-wise.
 
@@ -16,29 +16,37 @@ use std::arch::x86_64::*;
 use super::prefetch_ahead;
 
 use crate::quant::{
-    BlockQ4Kx16, BlockQ4_0x16, BlockQ5_0x16, BlockQ6Kx16, BlockQ8K, BlockQ8_0x16, BlockedTile, ROWS,
+    BlockQ4Kx16, BlockQ4_0x16, BlockQ5_0x16, BlockQ6Kx16, BlockQ8K, BlockQ8_0x16, BlockQ8_0x8, ROWS,
 };
+
+/// Q8_0 activation blocks per group.
+const GROUP: usize = 8;
 
 macro_rules! x16_dot {
     ($name:ident, $wt:ty, lines: $lines:expr $(,)?) => {
-        /// `a`: a [`BlockedTile`] of `N` tokens' words.
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-        pub unsafe fn $name<const N: usize>(w: &[$wt], a: &[i32]) -> [[f32; ROWS]; N] {
+        pub unsafe fn $name<const N: usize>(w: &[$wt], a: &[BlockQ8_0x8]) -> [[f32; ROWS]; N] {
             let lines = $lines;
-            let stride = BlockedTile::stride(N);
-            assert!(a.len() >= stride * w.len(), "activation tile length");
+            assert_eq!(
+                a.len(),
+                N * w.len().div_ceil(GROUP),
+                "activation tile length"
+            );
             let mut acc = [_mm512_setzero_ps(); N];
             for (b, wb) in w.iter().enumerate() {
                 prefetch_block::<_, 1>(w, b, 0);
                 let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
                 let l: [__m512i; 8] = lines(wb);
-                // SAFETY (the reads below): column b's words, in bounds by the assert.
-                let column = a.as_ptr().add(b * stride);
+                let (g, i) = (b / GROUP, b % GROUP);
+                // The tile's N blocks of group g, side by side: one pointer, constant offsets.
+                let tile = a.as_ptr().add(g * N);
                 for t in 0..N {
-                    let q = column.add(8 * t);
-                    let y = |j: usize| _mm512_set1_epi32(*q.add(j));
-                    // The sums are already −OFFSET · Σ a (`BlockedTile`).
-                    let mut p0 = _mm512_set1_epi32(*column.add(8 * N + t));
+                    // SAFETY: g · N + t < a.len() (length checked above).
+                    let ag = &*tile.add(t);
+                    let q = ag.qs[i].as_ptr().cast::<i32>();
+                    let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
+                    // `sums` is already −OFFSET · Σ a (`Interleaved::tile`).
+                    let mut p0 = _mm512_set1_epi32(ag.sums[i]);
                     let sums = if N < 4 {
                         // Two chains halve the dependency latency when few tokens interleave.
                         let mut p1 = _mm512_setzero_si512();
@@ -54,8 +62,7 @@ macro_rules! x16_dot {
                         p0
                     };
                     let sums = _mm512_cvtepi32_ps(sums);
-                    let da = *column.add(9 * N + t).cast::<f32>();
-                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(da));
+                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(ag.d[i]));
                     acc[t] = _mm512_fmadd_ps(sums, d, acc[t]);
                 }
             }

@@ -306,7 +306,7 @@ fn interleaved<B: Interleaved>(isa: Isa, s: Shape, w: &[B], x: &[f32], out: &mut
     // The token tiles' activations, interleaved once per matmul as the kernels read them:
     // `tiles[k · heads + h]` is tile k (tokens `tile·k ..`) against head h's rows.
     let tile = B::TILE.min(TILE_X16);
-    let tiles: Vec<Vec<Act<B>>> = (0..s.n_tokens.div_ceil(tile))
+    let tiles: Vec<B::Tile> = (0..s.n_tokens.div_ceil(tile))
         .flat_map(|k| {
             let tokens = k * tile..(k * tile + tile).min(s.n_tokens);
             (0..s.heads).map(move |h| (tokens.clone(), h))

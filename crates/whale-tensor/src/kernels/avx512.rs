@@ -6,8 +6,8 @@
 //! Per Q8_0/Q4_0/Q5_0 block column and token: eight `vpdpbusd`, each multiplying one 64-byte
 //! line of weights (four levels of sixteen rows) by four activation bytes broadcast to every
 //! lane, accumulate the sixteen rows' integer dot products lane by lane; the stored offset is
-//! removed by starting the sum at `−OFFSET · Σ a` (the tile's `sums`, scaled when the tile was
-//! built: [`crate::quant::Interleaved::tile`]); one convert and one FMA apply the sixteen
+//! removed by starting the sum at `−OFFSET · Σ a` (the tile's sums, scaled when the tile was
+//! built: [`crate::quant::Q8Tile`]); one convert and one FMA apply the sixteen
 //! `d_w · d_a`. Up to eight tokens share each unpacked weight block (31 of the 32 registers hold
 //! the tile). The K-quant kernels do the same per sub-block and apply its scales lane-wise.
 
@@ -16,17 +16,72 @@ use std::arch::x86_64::*;
 use super::prefetch_ahead;
 
 use crate::quant::{
-    BlockQ4Kx16, BlockQ4_0x16, BlockQ5_0x16, BlockQ6Kx16, BlockQ8K, BlockQ8_0x16, BlockQ8_0x8, ROWS,
+    BlockQ4Kx16, BlockQ4_0x16, BlockQ5_0x16, BlockQ6Kx16, BlockQ8K, BlockQ8_0x16, BlockQ8_0x8,
+    BlockedTile, ROWS,
 };
 
 /// Q8_0 activation blocks per group.
 const GROUP: usize = 8;
 
+/// One token's integer dot products of a block column: `p0` (the chain's start, `−OFFSET · Σ a`)
+/// plus the eight lines `l` against the token's quants `y(j)`.
+macro_rules! token_dot {
+    ($p0:ident, $l:ident, $y:ident, $n:ident) => {
+        if $n < 4 {
+            // Two chains halve the dependency latency when few tokens interleave.
+            let mut p1 = _mm512_setzero_si512();
+            for j in (0..8).step_by(2) {
+                $p0 = _mm512_dpbusd_epi32($p0, $l[j], $y(j));
+                p1 = _mm512_dpbusd_epi32(p1, $l[j + 1], $y(j + 1));
+            }
+            _mm512_add_epi32($p0, p1)
+        } else {
+            for (j, lj) in $l.iter().enumerate() {
+                $p0 = _mm512_dpbusd_epi32($p0, *lj, $y(j));
+            }
+            $p0
+        }
+    };
+}
+
+/// The Q8_0-family kernels, two per format, one per [`crate::quant::Q8Tile`] layout:
+/// `$name` reads [`BlockedTile`] words (two or more tokens: prefill and batched decode),
+/// `$grouped` ggml's groups (one token). `$line(b, j)` is line `j` of block `b`'s weights.
 macro_rules! x16_dot {
-    ($name:ident, $wt:ty, lines: $lines:expr $(,)?) => {
+    ($name:ident, $grouped:ident, $wt:ty, line: $line:expr $(,)?) => {
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-        pub unsafe fn $name<const N: usize>(w: &[$wt], a: &[BlockQ8_0x8]) -> [[f32; ROWS]; N] {
-            let lines = $lines;
+        pub unsafe fn $name<const N: usize>(w: &[$wt], a: &[i32]) -> [[f32; ROWS]; N] {
+            let line = $line;
+            let stride = BlockedTile::stride(N);
+            assert!(a.len() >= stride * w.len(), "activation tile length");
+            let mut acc = [_mm512_setzero_ps(); N];
+            for (b, wb) in w.iter().enumerate() {
+                prefetch_block::<_, 1>(w, b, 0);
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
+                let l: [__m512i; 8] = std::array::from_fn(|j| line(wb, j));
+                // SAFETY (the reads below): column b's words, in bounds by the assert.
+                let column = a.as_ptr().add(b * stride);
+                for t in 0..N {
+                    let q = column.add(8 * t);
+                    let y = |j: usize| _mm512_set1_epi32(*q.add(j));
+                    // The sums are already −OFFSET · Σ a (`Q8Tile`).
+                    let mut p0 = _mm512_set1_epi32(*column.add(8 * N + t));
+                    let sums = _mm512_cvtepi32_ps(token_dot!(p0, l, y, N));
+                    let da = *column.add(9 * N + t).cast::<f32>();
+                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(da));
+                    acc[t] = _mm512_fmadd_ps(sums, d, acc[t]);
+                }
+            }
+            let mut out = [[0.0f32; ROWS]; N];
+            for t in 0..N {
+                _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+            }
+            out
+        }
+
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+        pub unsafe fn $grouped<const N: usize>(w: &[$wt], a: &[BlockQ8_0x8]) -> [[f32; ROWS]; N] {
+            let line = $line;
             assert_eq!(
                 a.len(),
                 N * w.len().div_ceil(GROUP),
@@ -34,35 +89,34 @@ macro_rules! x16_dot {
             );
             let mut acc = [_mm512_setzero_ps(); N];
             for (b, wb) in w.iter().enumerate() {
-                prefetch_block::<_, 1>(w, b, 0);
-                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
-                let l: [__m512i; 8] = lines(wb);
                 let (g, i) = (b / GROUP, b % GROUP);
                 // The tile's N blocks of group g, side by side: one pointer, constant offsets.
                 let tile = a.as_ptr().add(g * N);
+                let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));
+                // `sums` is already −OFFSET · Σ a (`Q8Tile`). Two chains per token.
+                // SAFETY (tile reads): g · N + t < a.len() (length checked above).
+                let mut p0: [__m512i; N] =
+                    std::array::from_fn(|t| _mm512_set1_epi32((*tile.add(t)).sums[i]));
+                let mut p1 = [_mm512_setzero_si512(); N];
+                // Two lines at a time, each pair after a quarter of the block's prefetches,
+                // pinned in that order (`schedule_point`). Left to itself the compiler chose
+                // between interleaving them and hoisting every prefetch and load to the top of
+                // the block depending on unrelated code in the crate, and this memory-bound
+                // loop (one token: single-stream decode) ran 3–5% slower the second way.
+                for k in 0..4 {
+                    prefetch_block::<_, 4>(w, b, k);
+                    schedule_point();
+                    let (la, lb) = (line(wb, 2 * k), line(wb, 2 * k + 1));
+                    for t in 0..N {
+                        let q = (*tile.add(t)).qs[i].as_ptr().cast::<i32>();
+                        let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
+                        p0[t] = _mm512_dpbusd_epi32(p0[t], la, y(2 * k));
+                        p1[t] = _mm512_dpbusd_epi32(p1[t], lb, y(2 * k + 1));
+                    }
+                }
                 for t in 0..N {
-                    // SAFETY: g · N + t < a.len() (length checked above).
-                    let ag = &*tile.add(t);
-                    let q = ag.qs[i].as_ptr().cast::<i32>();
-                    let y = |j: usize| _mm512_set1_epi32(q.add(j).read_unaligned());
-                    // `sums` is already −OFFSET · Σ a (`Interleaved::tile`).
-                    let mut p0 = _mm512_set1_epi32(ag.sums[i]);
-                    let sums = if N < 4 {
-                        // Two chains halve the dependency latency when few tokens interleave.
-                        let mut p1 = _mm512_setzero_si512();
-                        for j in (0..8).step_by(2) {
-                            p0 = _mm512_dpbusd_epi32(p0, l[j], y(j));
-                            p1 = _mm512_dpbusd_epi32(p1, l[j + 1], y(j + 1));
-                        }
-                        _mm512_add_epi32(p0, p1)
-                    } else {
-                        for (j, lj) in l.iter().enumerate() {
-                            p0 = _mm512_dpbusd_epi32(p0, *lj, y(j));
-                        }
-                        p0
-                    };
-                    let sums = _mm512_cvtepi32_ps(sums);
-                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(ag.d[i]));
+                    let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(p0[t], p1[t]));
+                    let d = _mm512_mul_ps(dw, _mm512_set1_ps((*tile.add(t)).d[i]));
                     acc[t] = _mm512_fmadd_ps(sums, d, acc[t]);
                 }
             }
@@ -76,39 +130,31 @@ macro_rules! x16_dot {
 }
 
 // Eight lines of 64 bytes, stored as they are used.
-x16_dot!(dot_q8_0x16, BlockQ8_0x16, lines: |b: &BlockQ8_0x16| {
-    let p = b.qs.as_ptr();
-    std::array::from_fn(|j| _mm512_loadu_si512(p.add(64 * j).cast()))
+x16_dot!(dot_q8_0x16, dot_q8_0x16_grouped, BlockQ8_0x16, line: |b: &BlockQ8_0x16, j: usize| {
+    _mm512_loadu_si512(b.qs.as_ptr().add(64 * j).cast())
 });
 
 // Four lines of nibbles: the low ones are elements 0..16 (lines 0..4), the high ones 16..32.
-x16_dot!(dot_q4_0x16, BlockQ4_0x16, lines: |b: &BlockQ4_0x16| {
-    let p = b.qs.as_ptr();
+x16_dot!(dot_q4_0x16, dot_q4_0x16_grouped, BlockQ4_0x16, line: |b: &BlockQ4_0x16, j: usize| {
+    let raw = _mm512_loadu_si512(b.qs.as_ptr().add(64 * (j % 4)).cast());
     let mask = _mm512_set1_epi8(0x0F);
-    let raw: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(p.add(64 * j).cast()));
-    std::array::from_fn(|j| {
-        if j < 4 {
-            _mm512_and_si512(raw[j], mask)
-        } else {
-            _mm512_and_si512(_mm512_srli_epi16(raw[j - 4], 4), mask)
-        }
-    })
+    if j < 4 {
+        _mm512_and_si512(raw, mask)
+    } else {
+        _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask)
+    }
 });
 
 // Q4_0's nibble lines with the fifth bits added from their byte masks.
-x16_dot!(dot_q5_0x16, BlockQ5_0x16, lines: |b: &BlockQ5_0x16| {
-    let p = b.qs.as_ptr();
+x16_dot!(dot_q5_0x16, dot_q5_0x16_grouped, BlockQ5_0x16, line: |b: &BlockQ5_0x16, j: usize| {
+    let raw = _mm512_loadu_si512(b.qs.as_ptr().add(64 * (j % 4)).cast());
     let mask = _mm512_set1_epi8(0x0F);
-    let fifth = _mm512_set1_epi8(0x10);
-    let raw: [__m512i; 4] = std::array::from_fn(|j| _mm512_loadu_si512(p.add(64 * j).cast()));
-    std::array::from_fn(|j| {
-        let n = if j < 4 {
-            _mm512_and_si512(raw[j], mask)
-        } else {
-            _mm512_and_si512(_mm512_srli_epi16(raw[j - 4], 4), mask)
-        };
-        _mm512_mask_add_epi8(n, b.qh[j], n, fifth)
-    })
+    let n = if j < 4 {
+        _mm512_and_si512(raw, mask)
+    } else {
+        _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask)
+    };
+    _mm512_mask_add_epi8(n, b.qh[j], n, _mm512_set1_epi8(0x10))
 });
 
 /// Per super-block and row, `d·d_a·Σ_j sc_j·(n_j · a_j) − dmin·d_a·Σ_j m_j·Σ a_j`: the
@@ -265,6 +311,14 @@ pub unsafe fn dot_q6_kx16<const N: usize>(w: &[BlockQ6Kx16], a: &[BlockQ8K]) -> 
         _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
     }
     out
+}
+
+/// A point the compiler may not move memory accesses across (an empty `asm!` that may read or
+/// write memory): pins a memory-bound loop's prefetches and loads in the order written.
+#[inline(always)]
+fn schedule_point() {
+    // SAFETY: an empty instruction sequence; it touches no registers, stack or flags.
+    unsafe { std::arch::asm!("", options(nostack, preserves_flags)) }
 }
 
 /// [`prefetch_ahead`] for block `b` of `w`, or for its part `part` of `PARTS`: the K-quant

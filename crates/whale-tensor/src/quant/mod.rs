@@ -35,8 +35,8 @@ pub use q8_0::BlockQ8_0;
 pub use q8_0x8::BlockQ8_0x8;
 pub use q8_k::BlockQ8K;
 pub use x16::{
-    pack_matrix, tile_acts, unpack_row, Act, BlockQ4_0x16, BlockQ5_0x16, BlockQ8_0x16, Interleaved,
-    ROWS,
+    pack_matrix, tile_acts, unpack_row, Act, BlockQ4_0x16, BlockQ5_0x16, BlockQ8_0x16, BlockedTile,
+    Interleaved, Q8Tile, ROWS,
 };
 pub use x16_k::{BlockQ4Kx16, BlockQ6Kx16};
 

@@ -28,21 +28,19 @@ pub trait Interleaved: Copy + Send + Sync + std::fmt::Debug + 'static {
     fn pack(rows: [&Self::Plain; ROWS]) -> Self;
     fn unpack(&self, r: usize) -> Self::Plain;
 
-    /// `out[t][r] = w_r · a_t` for the sixteen rows of `w` (a row group's blocks, one per block
-    /// column) and `N` activation rows in the plain block's activation format, given as one
-    /// slice made by [`Self::tile`] for the same `isa`: block `i` of row `t` at `a[i · N + t]`,
-    /// so that the kernel reaches every token's block from one pointer (with a pointer per
-    /// token the 8-token Q8_0 kernel ran out of registers: 2.27 against 1.69 ns per 16-row
-    /// block and token, measured alone).
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[Act<Self>]) -> [[f32; ROWS]; N];
+    /// A token tile's activations as this format's kernels read them.
+    type Tile: Send + Sync;
 
     /// Activation rows `rows` of `acts` (each `len` blocks) as the tile [`Self::dot_tile`]
-    /// reads with `isa`: [`tile_acts`]'s layout, which some formats' AVX-512 kernels take with
-    /// values derived once per matmul instead of once per row group ([`offset_tile`]).
-    fn tile(isa: Isa, acts: &[Act<Self>], len: usize, rows: &[usize]) -> Vec<Act<Self>> {
-        let _ = isa;
-        tile_acts(acts, len, rows)
-    }
+    /// reads with `isa`: made once per matmul, so the kernels find each token's block of a
+    /// block column next to the others' ([`tile_acts`], [`BlockedTile`]).
+    fn tile(isa: Isa, acts: &[Act<Self>], len: usize, rows: &[usize]) -> Self::Tile;
+
+    /// `out[t][r] = w_r · a_t` for the sixteen rows of `w` (a row group's blocks, one per block
+    /// column) and the `N` activation rows of a tile made by [`Self::tile`] for the same `isa`
+    /// (with a pointer per token the 8-token Q8_0 kernel ran out of registers: 2.27 against
+    /// 1.69 ns per 16-row block and token, measured alone).
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &Self::Tile) -> [[f32; ROWS]; N];
 
     /// Tokens per tile in a matmul (at most 8): as many as the kernel's registers hold. For
     /// the Q8_0/Q4_0/Q5_0 kernels, eight lines of weights, the scales and eight accumulators
@@ -61,27 +59,96 @@ pub fn tile_acts<A: Copy>(acts: &[A], len: usize, rows: &[usize]) -> Vec<A> {
         .collect()
 }
 
-/// A tile of Q8_0 activation blocks for weights stored `offset` above their values (Q8_0's
-/// bytes +128, Q4_0's nibbles +8, Q5_0's +16): for the AVX-512 kernels each block's `sums` is
-/// multiplied by `−offset`, the value its integer dot product starts from. Once per matmul this
-/// saves each row group a multiply and a broadcast from a general register (on the port the
-/// `vpdpbusd` also use: Q8_0 and Q4_0 matmuls +2–3% stand-alone); other ISAs read plain sums.
-fn offset_tile(
-    isa: Isa,
-    acts: &[BlockQ8_0x8],
-    len: usize,
-    rows: &[usize],
-    offset: i32,
-) -> Vec<BlockQ8_0x8> {
-    let mut tile = tile_acts(acts, len, rows);
-    if isa.0 == IsaKind::Avx512Vnni {
+/// A token tile of Q8_0 activation blocks for the Q8_0/Q4_0/Q5_0 kernels.
+pub enum Q8Tile {
+    /// ggml's blocks token-interleaved ([`tile_acts`]): the reference path's layout, and the
+    /// AVX-512 kernels' for a single token, whose reads already lie close together (there the
+    /// sums are multiplied by `−offset`, as in [`BlockedTile`]). One-token matmuls from a
+    /// blocked tile were 1.5% slower (a 102400 × 2048 Q8_0 matmul, both layouts alternating in
+    /// one process: the grouped one faster in 45 of 60 rounds).
+    Grouped(Vec<BlockQ8_0x8>),
+    /// Two or more tokens for the AVX-512 kernels.
+    Blocked(BlockedTile),
+}
+
+/// A tile of `n` tokens' Q8_0 blocks, block column by block column: each column takes `10·n`
+/// words, the tokens' 32 quants (eight words each), then their sums, then their scales (f32
+/// bits). Everything a kernel reads for one column lies within 320 bytes of its start, so its
+/// broadcasts encode one-byte displacements; from [`tile_acts`]' layout (each token's group of
+/// eight blocks 352 bytes after the previous token's) most took four-byte ones, and the
+/// 8-token Q8_0/Q4_0 kernels ran ~10% slower stand-alone (Q4_0 512-token prefill +9–10%).
+/// The sums are multiplied by the weights' `−offset` (Q8_0's bytes are stored +128, Q4_0's
+/// nibbles +8, Q5_0's +16): the value each integer dot product starts from.
+pub struct BlockedTile {
+    pub words: Vec<i32>,
+}
+
+impl BlockedTile {
+    /// Words per block column for `n` tokens.
+    pub const fn stride(n: usize) -> usize {
+        10 * n
+    }
+
+    fn new(acts: &[BlockQ8_0x8], len: usize, rows: &[usize], offset: i32) -> Self {
+        let n = rows.len();
+        let mut words = vec![0i32; Self::stride(n) * 8 * len];
+        for (b, column) in words.chunks_exact_mut(Self::stride(n)).enumerate() {
+            let (q, rest) = column.split_at_mut(8 * n);
+            let (sums, scales) = rest.split_at_mut(n);
+            for (t, &r) in rows.iter().enumerate() {
+                let group = &acts[r * len + b / 8];
+                let i = b % 8;
+                for (word, four) in q[8 * t..8 * t + 8]
+                    .iter_mut()
+                    .zip(group.qs[i].chunks_exact(4))
+                {
+                    *word = i32::from_le_bytes(std::array::from_fn(|k| four[k] as u8));
+                }
+                sums[t] = -offset * group.sums[i];
+                scales[t] = group.d[i].to_bits() as i32;
+            }
+        }
+        BlockedTile { words }
+    }
+}
+
+impl Q8Tile {
+    fn new(isa: Isa, acts: &[BlockQ8_0x8], len: usize, rows: &[usize], offset: i32) -> Self {
+        if isa.0 != IsaKind::Avx512Vnni {
+            return Q8Tile::Grouped(tile_acts(acts, len, rows));
+        }
+        if rows.len() > 1 {
+            return Q8Tile::Blocked(BlockedTile::new(acts, len, rows, offset));
+        }
+        let mut tile = tile_acts(acts, len, rows);
         for block in &mut tile {
             for s in &mut block.sums {
                 *s *= -offset;
             }
         }
+        Q8Tile::Grouped(tile)
     }
-    tile
+
+    fn grouped(&self) -> &[BlockQ8_0x8] {
+        match self {
+            Q8Tile::Grouped(v) => v,
+            Q8Tile::Blocked(_) => panic!("a blocked tile is for the AVX-512 kernels"),
+        }
+    }
+}
+
+/// `$kernel` (an AVX-512 Q8_0-family kernel, `$grouped` its grouped-layout twin) on `w` and
+/// the tile `a` of `N` tokens, whichever layout it holds.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx512_dot {
+    ($kernel:ident, $grouped:ident, $w:expr, $a:expr, $n:ident) => {
+        match $a {
+            // SAFETY: the caller holds `Avx512Vnni`, so `Isa::detect` found the kernels'
+            // features; they check the tile's length against `w` themselves.
+            Q8Tile::Grouped(v) => unsafe { crate::kernels::avx512::$grouped::<$n>($w, v) },
+            Q8Tile::Blocked(t) => unsafe { crate::kernels::avx512::$kernel::<$n>($w, &t.words) },
+        }
+    };
 }
 
 /// Sixteen Q8_0 blocks: 544 bytes, as many as the sixteen blocks they hold.
@@ -156,6 +223,7 @@ fn unpack_nibbles(qs: &[u8; 16 * ROWS], r: usize) -> [u8; 16] {
 }
 
 impl Interleaved for BlockQ8_0x16 {
+    type Tile = Q8Tile;
     type Plain = BlockQ8_0;
 
     fn pack(rows: [&BlockQ8_0; ROWS]) -> Self {
@@ -180,22 +248,22 @@ impl Interleaved for BlockQ8_0x16 {
         }
     }
 
-    fn tile(isa: Isa, acts: &[BlockQ8_0x8], len: usize, rows: &[usize]) -> Vec<BlockQ8_0x8> {
-        offset_tile(isa, acts, len, rows, 128)
+    fn tile(isa: Isa, acts: &[BlockQ8_0x8], len: usize, rows: &[usize]) -> Q8Tile {
+        Q8Tile::new(isa, acts, len, rows, 128)
     }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[BlockQ8_0x8]) -> [[f32; ROWS]; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &Q8Tile) -> [[f32; ROWS]; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
-            IsaKind::Avx512Vnni => unsafe { crate::kernels::avx512::dot_q8_0x16(w, a) },
-            _ => dot_unpacked(isa, w, a),
+            IsaKind::Avx512Vnni => avx512_dot!(dot_q8_0x16, dot_q8_0x16_grouped, w, a, N),
+            _ => dot_unpacked(isa, w, a.grouped()),
         }
     }
 }
 
 impl Interleaved for BlockQ4_0x16 {
+    type Tile = Q8Tile;
     type Plain = BlockQ4_0;
 
     fn pack(rows: [&BlockQ4_0; ROWS]) -> Self {
@@ -213,22 +281,22 @@ impl Interleaved for BlockQ4_0x16 {
         }
     }
 
-    fn tile(isa: Isa, acts: &[BlockQ8_0x8], len: usize, rows: &[usize]) -> Vec<BlockQ8_0x8> {
-        offset_tile(isa, acts, len, rows, 8)
+    fn tile(isa: Isa, acts: &[BlockQ8_0x8], len: usize, rows: &[usize]) -> Q8Tile {
+        Q8Tile::new(isa, acts, len, rows, 8)
     }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[BlockQ8_0x8]) -> [[f32; ROWS]; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &Q8Tile) -> [[f32; ROWS]; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
-            IsaKind::Avx512Vnni => unsafe { crate::kernels::avx512::dot_q4_0x16(w, a) },
-            _ => dot_unpacked(isa, w, a),
+            IsaKind::Avx512Vnni => avx512_dot!(dot_q4_0x16, dot_q4_0x16_grouped, w, a, N),
+            _ => dot_unpacked(isa, w, a.grouped()),
         }
     }
 }
 
 impl Interleaved for BlockQ5_0x16 {
+    type Tile = Q8Tile;
     type Plain = BlockQ5_0;
 
     fn pack(rows: [&BlockQ5_0; ROWS]) -> Self {
@@ -264,17 +332,16 @@ impl Interleaved for BlockQ5_0x16 {
         }
     }
 
-    fn tile(isa: Isa, acts: &[BlockQ8_0x8], len: usize, rows: &[usize]) -> Vec<BlockQ8_0x8> {
-        offset_tile(isa, acts, len, rows, 16)
+    fn tile(isa: Isa, acts: &[BlockQ8_0x8], len: usize, rows: &[usize]) -> Q8Tile {
+        Q8Tile::new(isa, acts, len, rows, 16)
     }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[BlockQ8_0x8]) -> [[f32; ROWS]; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &Q8Tile) -> [[f32; ROWS]; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
-            IsaKind::Avx512Vnni => unsafe { crate::kernels::avx512::dot_q5_0x16(w, a) },
-            _ => dot_unpacked(isa, w, a),
+            IsaKind::Avx512Vnni => avx512_dot!(dot_q5_0x16, dot_q5_0x16_grouped, w, a, N),
+            _ => dot_unpacked(isa, w, a.grouped()),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use half::f16;
 
-use super::x16::{dot_unpacked, interleave, Interleaved, ROWS};
+use super::x16::{dot_unpacked, interleave, tile_acts, Interleaved, ROWS};
 use super::{q4k_scales_mins, BlockQ4K, BlockQ6K, BlockQ8K, QK_K};
 use crate::kernels::{Isa, IsaKind};
 
@@ -52,6 +52,11 @@ const _: () = assert!(std::mem::size_of::<BlockQ4Kx16>() == ROWS * 144 + 64);
 const _: () = assert!(std::mem::size_of::<BlockQ6Kx16>() == ROWS * 210);
 
 impl Interleaved for BlockQ4Kx16 {
+    type Tile = Vec<BlockQ8K>;
+
+    fn tile(_: Isa, acts: &[BlockQ8K], len: usize, rows: &[usize]) -> Vec<BlockQ8K> {
+        tile_acts(acts, len, rows)
+    }
     type Plain = BlockQ4K;
     /// Sixteen unpacked lines, two scale vectors and `2·N` accumulators: past four tokens the
     /// accumulators spill (measured in L1: 26.1 ns per block for 8 tokens, 24.8 for 2 × 4).
@@ -96,7 +101,7 @@ impl Interleaved for BlockQ4Kx16 {
     }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &Vec<BlockQ8K>) -> [[f32; ROWS]; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.
@@ -107,6 +112,11 @@ impl Interleaved for BlockQ4Kx16 {
 }
 
 impl Interleaved for BlockQ6Kx16 {
+    type Tile = Vec<BlockQ8K>;
+
+    fn tile(_: Isa, acts: &[BlockQ8K], len: usize, rows: &[usize]) -> Vec<BlockQ8K> {
+        tile_acts(acts, len, rows)
+    }
     type Plain = BlockQ6K;
 
     fn pack(rows: [&BlockQ6K; ROWS]) -> Self {
@@ -159,7 +169,7 @@ impl Interleaved for BlockQ6Kx16 {
     }
 
     #[inline]
-    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
+    fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &Vec<BlockQ8K>) -> [[f32; ROWS]; N] {
         match isa.0 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: an `Isa` holds `Avx512Vnni` only if `Isa::detect` found its features.

@@ -23,27 +23,6 @@ use crate::quant::{
 /// Q8_0 activation blocks per group.
 const GROUP: usize = 8;
 
-/// One token's integer dot products of a block column: `p0` (the chain's start, `−OFFSET · Σ a`)
-/// plus the eight lines `l` against the token's quants `y(j)`.
-macro_rules! token_dot {
-    ($p0:ident, $l:ident, $y:ident, $n:ident) => {
-        if $n < 4 {
-            // Two chains halve the dependency latency when few tokens interleave.
-            let mut p1 = _mm512_setzero_si512();
-            for j in (0..8).step_by(2) {
-                $p0 = _mm512_dpbusd_epi32($p0, $l[j], $y(j));
-                p1 = _mm512_dpbusd_epi32(p1, $l[j + 1], $y(j + 1));
-            }
-            _mm512_add_epi32($p0, p1)
-        } else {
-            for (j, lj) in $l.iter().enumerate() {
-                $p0 = _mm512_dpbusd_epi32($p0, *lj, $y(j));
-            }
-            $p0
-        }
-    };
-}
-
 /// The Q8_0-family kernels, two per format, one per [`crate::quant::Q8Tile`] layout:
 /// `$name` reads [`BlockedTile`] words (two or more tokens: prefill and batched decode),
 /// `$grouped` ggml's groups (one token). `$line(b, j)` is line `j` of block `b`'s weights.
@@ -66,7 +45,21 @@ macro_rules! x16_dot {
                     let y = |j: usize| _mm512_set1_epi32(*q.add(j));
                     // The sums are already −OFFSET · Σ a (`Q8Tile`).
                     let mut p0 = _mm512_set1_epi32(*column.add(8 * N + t));
-                    let sums = _mm512_cvtepi32_ps(token_dot!(p0, l, y, N));
+                    let sums = if N < 4 {
+                        // Two chains halve the dependency latency when few tokens interleave.
+                        let mut p1 = _mm512_setzero_si512();
+                        for j in (0..8).step_by(2) {
+                            p0 = _mm512_dpbusd_epi32(p0, l[j], y(j));
+                            p1 = _mm512_dpbusd_epi32(p1, l[j + 1], y(j + 1));
+                        }
+                        _mm512_add_epi32(p0, p1)
+                    } else {
+                        for (j, lj) in l.iter().enumerate() {
+                            p0 = _mm512_dpbusd_epi32(p0, *lj, y(j));
+                        }
+                        p0
+                    };
+                    let sums = _mm512_cvtepi32_ps(sums);
                     let da = *column.add(9 * N + t).cast::<f32>();
                     let d = _mm512_mul_ps(dw, _mm512_set1_ps(da));
                     acc[t] = _mm512_fmadd_ps(sums, d, acc[t]);

@@ -223,8 +223,8 @@ fn unpack_nibbles(qs: &[u8; 16 * ROWS], r: usize) -> [u8; 16] {
 }
 
 impl Interleaved for BlockQ8_0x16 {
-    type Tile = Q8Tile;
     type Plain = BlockQ8_0;
+    type Tile = Q8Tile;
 
     fn pack(rows: [&BlockQ8_0; ROWS]) -> Self {
         let mut qs = [0u8; 32 * ROWS];
@@ -263,8 +263,8 @@ impl Interleaved for BlockQ8_0x16 {
 }
 
 impl Interleaved for BlockQ4_0x16 {
-    type Tile = Q8Tile;
     type Plain = BlockQ4_0;
+    type Tile = Q8Tile;
 
     fn pack(rows: [&BlockQ4_0; ROWS]) -> Self {
         let qs = interleave_nibbles(rows.map(|b| &b.qs));
@@ -296,8 +296,8 @@ impl Interleaved for BlockQ4_0x16 {
 }
 
 impl Interleaved for BlockQ5_0x16 {
-    type Tile = Q8Tile;
     type Plain = BlockQ5_0;
+    type Tile = Q8Tile;
 
     fn pack(rows: [&BlockQ5_0; ROWS]) -> Self {
         let qs = interleave_nibbles(rows.map(|b| &b.qs));

@@ -52,12 +52,8 @@ const _: () = assert!(std::mem::size_of::<BlockQ4Kx16>() == ROWS * 144 + 64);
 const _: () = assert!(std::mem::size_of::<BlockQ6Kx16>() == ROWS * 210);
 
 impl Interleaved for BlockQ4Kx16 {
-    type Tile = Vec<BlockQ8K>;
-
-    fn tile(_: Isa, acts: &[BlockQ8K], len: usize, rows: &[usize]) -> Vec<BlockQ8K> {
-        tile_acts(acts, len, rows)
-    }
     type Plain = BlockQ4K;
+    type Tile = Vec<BlockQ8K>;
     /// Sixteen unpacked lines, two scale vectors and `2·N` accumulators: past four tokens the
     /// accumulators spill (measured in L1: 26.1 ns per block for 8 tokens, 24.8 for 2 × 4).
     const TILE: usize = 4;
@@ -100,6 +96,10 @@ impl Interleaved for BlockQ4Kx16 {
         }
     }
 
+    fn tile(_: Isa, acts: &[BlockQ8K], len: usize, rows: &[usize]) -> Vec<BlockQ8K> {
+        tile_acts(acts, len, rows)
+    }
+
     #[inline]
     fn dot_tile<const N: usize>(isa: Isa, w: &[Self], a: &Vec<BlockQ8K>) -> [[f32; ROWS]; N] {
         match isa.0 {
@@ -112,12 +112,8 @@ impl Interleaved for BlockQ4Kx16 {
 }
 
 impl Interleaved for BlockQ6Kx16 {
-    type Tile = Vec<BlockQ8K>;
-
-    fn tile(_: Isa, acts: &[BlockQ8K], len: usize, rows: &[usize]) -> Vec<BlockQ8K> {
-        tile_acts(acts, len, rows)
-    }
     type Plain = BlockQ6K;
+    type Tile = Vec<BlockQ8K>;
 
     fn pack(rows: [&BlockQ6K; ROWS]) -> Self {
         // 6-bit levels n (0..64) of every row in element order.
@@ -166,6 +162,10 @@ impl Interleaved for BlockQ6Kx16 {
         };
         b.set_levels(&levels);
         b
+    }
+
+    fn tile(_: Isa, acts: &[BlockQ8K], len: usize, rows: &[usize]) -> Vec<BlockQ8K> {
+        tile_acts(acts, len, rows)
     }
 
     #[inline]

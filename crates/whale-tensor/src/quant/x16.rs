@@ -80,12 +80,12 @@ pub enum Q8Tile {
 /// The sums are multiplied by the weights' `−offset` (Q8_0's bytes are stored +128, Q4_0's
 /// nibbles +8, Q5_0's +16): the value each integer dot product starts from.
 pub struct BlockedTile {
-    pub words: Vec<i32>,
+    pub(crate) words: Vec<i32>,
 }
 
 impl BlockedTile {
     /// Words per block column for `n` tokens.
-    pub const fn stride(n: usize) -> usize {
+    pub(crate) const fn stride(n: usize) -> usize {
         10 * n
     }
 

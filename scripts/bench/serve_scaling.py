@@ -7,9 +7,12 @@ restart). Standard library only; prints a markdown table.
         [--streams 1,2,4,8,16] [--tokens 64] [--threads 2] [--ttft-prompt 2000]
 
 Each stream is a streamed /v1/completions request with `ignore_eos` (a random-weight model
-would otherwise stop at random) and a distinct short prompt. Throughput = all completion tokens
-÷ the time from the first stream's first token to the last stream's end, so prefill is not
-counted as decode time.
+would otherwise stop at random) and a distinct short prompt. Decode throughput is measured in
+the steady state, while all N streams are decoding: the tokens that arrive between the last
+stream's first token and the first stream's last token, over that window. Streams that arrive a
+few milliseconds apart are prefilled in different steps, and a window opening at the *first*
+stream's first token would count the others' prefill as decode time. The end-to-end rate (all
+completion tokens over the whole run, prefill included) is printed beside it.
 """
 
 import argparse
@@ -56,24 +59,28 @@ class Server:
         self.proc.wait(timeout=120)
 
     def stream(self, prompt, max_tokens):
-        """(time of first token, time of end, completion tokens) of one streamed completion."""
+        """(arrival time of each token, request start, time of end) of one streamed completion."""
         body = json.dumps({"model": "whale", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                           "stream": True, "ignore_eos": True,
+                           "stream": True, "ignore_eos": True, "return_token_ids": True,
                            "stream_options": {"include_usage": True}}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions", data=body,
                                      headers={"Content-Type": "application/json"})
-        first, tokens = None, 0
+        start, times, tokens = time.perf_counter(), [], 0
         with urllib.request.urlopen(req, timeout=3600) as r:
             for line in r:
                 line = line.decode().strip()
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
-                if chunk.get("choices") and first is None:
-                    first = time.perf_counter()
+                # With `return_token_ids` every step's tokens come as a chunk, even those whose
+                # text is held back (a partial character).
+                for choice in chunk.get("choices") or []:
+                    times += [time.perf_counter()] * len(choice.get("token_ids") or [])
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
-        return first, time.perf_counter(), tokens
+        if tokens != len(times):
+            raise RuntimeError(f"{len(times)} chunks for {tokens} completion tokens")
+        return times, start, time.perf_counter()
 
 
 def throughput(server, n, max_tokens):
@@ -87,15 +94,18 @@ def throughput(server, n, max_tokens):
         t.start()
     for t in threads:
         t.join()
-    start = min(r[0] for r in results)
-    end = max(r[1] for r in results)
-    return sum(r[2] for r in results) / (end - start)
+    # Steady state: every stream has its first token and none has finished.
+    start = max(times[0] for times, _, _ in results)
+    end = min(times[-1] for times, _, _ in results)
+    steady = sum(start < t <= end for times, _, _ in results for t in times) / (end - start)
+    whole = sum(len(times) for times, _, _ in results) / (max(r[2] for r in results) - min(r[1] for r in results))
+    return steady, whole
 
 
 def ttft(server, prompt):
     start = time.perf_counter()
-    first, _, _ = server.stream(prompt, 1)
-    return first - start
+    times, _, _ = server.stream(prompt, 1)
+    return times[0] - start
 
 
 def main():
@@ -115,11 +125,13 @@ def main():
         rates = {n: throughput(server, n, a.tokens) for n in map(int, a.streams.split(","))}
     finally:
         server.stop()
-    one = rates[min(rates)]
+    one, one_whole = rates[min(rates)]
     print("| streams | " + " | ".join(str(n) for n in rates) + " |")
     print("|---|" + "---|" * len(rates))
-    print("| aggregate decode tok/s | " + " | ".join(f"{r:.1f}" for r in rates.values()) + " |")
-    print("| vs 1 stream | " + " | ".join(f"{r / one:.2f}×" for r in rates.values()) + " |")
+    print("| aggregate decode tok/s | " + " | ".join(f"{r:.1f}" for r, _ in rates.values()) + " |")
+    print("| vs 1 stream | " + " | ".join(f"{r / one:.2f}×" for r, _ in rates.values()) + " |")
+    print("| end to end tok/s (prefill included) | " + " | ".join(f"{w:.1f}" for _, w in rates.values()) + " |")
+    print("| vs 1 stream | " + " | ".join(f"{w / one_whole:.2f}×" for _, w in rates.values()) + " |")
     if a.ttft_prompt:
         cache = tempfile.mkdtemp(prefix="whale-serve-cache-")
         # Common English words, about one token each: a fixed pseudo-random sequence.

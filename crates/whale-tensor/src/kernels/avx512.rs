@@ -228,14 +228,15 @@ pub unsafe fn dot_q4_kx16<const N: usize>(w: &[BlockQ4Kx16], a: &[BlockQ8K]) -> 
 /// Per super-block and row, `d·d_a·Σ_g sc_g·(n_g · a_g − 32·Σ a_g)`: each 16-value
 /// sub-block's chain starts at the offset term (`−32·bsums`, widened once per token and
 /// super-block), takes four `vpdpbusd`, and is scaled lane-wise by its i8 scales in f32 (one
-/// convert and FMA instead of `vpmulld`'s two port-0 µops and an add). The sub-blocks are
-/// taken a quarter at a time, four lines each, so that the lines, the scales and the `2·N`
-/// accumulators fit the registers.
+/// convert and FMA instead of `vpmulld`'s two port-0 µops and an add). A sub-block's four lines
+/// come from its three stored ones ([`BlockQ6Kx16`]): their low six bits, and the fourth line's
+/// bits gathered from their top two.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_q6_kx16<const N: usize>(w: &[BlockQ6Kx16], a: &[BlockQ8K]) -> [[f32; ROWS]; N] {
     assert_eq!(a.len(), N * w.len(), "activation tile length");
-    let m4 = _mm512_set1_epi8(0x0F);
-    let m30 = _mm512_set1_epi8(0x30);
+    let low6 = _mm512_set1_epi8(0x3F);
+    let low2 = _mm512_set1_epi8(0x03);
+    let low4 = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); N];
     let mut offsets = [[0i32; 16]; N];
     for (b, wb) in w.iter().enumerate() {
@@ -249,47 +250,42 @@ pub unsafe fn dot_q6_kx16<const N: usize>(w: &[BlockQ6Kx16], a: &[BlockQ8K]) -> 
             _mm512_storeu_si512(offsets.as_mut_ptr().cast(), negated);
         }
         let mut sums = [_mm512_setzero_ps(); N];
-        // Lines 4s..4s + 4 of each quarter i: sub-block g = s + 4i.
-        for s in 0..4 {
-            prefetch_block::<_, 4>(w, b, s);
-            for i in 0..4 {
-                let g = s + 4 * i;
-                // Plain loops, not closures: a closure does not inherit this function's
-                // target features, and LLVM left the decoding out of line (3% of Q4_0 decode).
-                let mut lines = [_mm512_setzero_si512(); 4];
-                #[allow(clippy::needless_range_loop)] // k is also the line offset
-                for k in 0..4 {
-                    // Low nibbles of line 4s + k (quarters 0, 1) or their high nibbles
-                    // (quarters 2, 3), and bits 2i, 2i + 1 of the high byte moved to bits 4, 5.
-                    let ql = _mm512_loadu_si512(
-                        wb.ql.as_ptr().add(64 * (16 * (i % 2) + 4 * s + k)).cast(),
-                    );
-                    let qh = _mm512_loadu_si512(wb.qh.as_ptr().add(64 * (4 * s + k)).cast());
-                    let low = if i < 2 { ql } else { _mm512_srli_epi16(ql, 4) };
-                    let high = match i {
-                        0 => _mm512_slli_epi16(qh, 4),
-                        1 => _mm512_slli_epi16(qh, 2),
-                        2 => qh,
-                        _ => _mm512_srli_epi16(qh, 2),
-                    };
-                    lines[k] =
-                        _mm512_or_si512(_mm512_and_si512(low, m4), _mm512_and_si512(high, m30));
+        #[allow(clippy::needless_range_loop)] // g also addresses the weights and activations
+        for g in 0..16 {
+            if g % 4 == 0 {
+                prefetch_block::<_, 4>(w, b, g / 4);
+            }
+            let p = wb.qs.as_ptr().add(192 * g);
+            // Plain loads, not `array::from_fn`: a closure does not inherit the target features.
+            let stored = [
+                _mm512_loadu_si512(p.cast()),
+                _mm512_loadu_si512(p.add(64).cast()),
+                _mm512_loadu_si512(p.add(128).cast()),
+            ];
+            // The fourth line: bits 6–7 of stored line j moved to bits 2j, 2j + 1. The 16-bit
+            // shifts carry the neighbouring byte's bits in above them; the selects (ternary
+            // logic 0xCA: first operand ? second : third) and the last mask drop those.
+            let x = _mm512_srli_epi16(stored[0], 6);
+            let y = _mm512_srli_epi16(stored[1], 4);
+            let z = _mm512_srli_epi16(stored[2], 2);
+            let xy = _mm512_ternarylogic_epi32(low2, x, y, 0xCA);
+            let xyz = _mm512_ternarylogic_epi32(low4, xy, z, 0xCA);
+            let lines = [
+                _mm512_and_si512(stored[0], low6),
+                _mm512_and_si512(stored[1], low6),
+                _mm512_and_si512(stored[2], low6),
+                _mm512_and_si512(xyz, low6),
+            ];
+            let sc_p = wb.scales.as_ptr().add(16 * g);
+            let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc_p.cast())));
+            for (t, sum) in sums.iter_mut().enumerate() {
+                // SAFETY: b · N + t < a.len() (checked above); 16g + 16 ≤ 256.
+                let q = (*tile.add(t)).qs.as_ptr().add(16 * g).cast::<i32>();
+                let mut p = _mm512_set1_epi32(offsets[t][g]);
+                for (k, &line) in lines.iter().enumerate() {
+                    p = _mm512_dpbusd_epi32(p, line, _mm512_set1_epi32(q.add(k).read_unaligned()));
                 }
-                let sc_p = wb.scales.as_ptr().add(16 * g);
-                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(sc_p.cast())));
-                for (t, sum) in sums.iter_mut().enumerate() {
-                    // SAFETY: b · N + t < a.len() (checked above); 16g + 16 ≤ 256.
-                    let q = (*tile.add(t)).qs.as_ptr().add(16 * g).cast::<i32>();
-                    let mut p = _mm512_set1_epi32(offsets[t][g]);
-                    for (k, &line) in lines.iter().enumerate() {
-                        p = _mm512_dpbusd_epi32(
-                            p,
-                            line,
-                            _mm512_set1_epi32(q.add(k).read_unaligned()),
-                        );
-                    }
-                    *sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, *sum);
-                }
+                *sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, *sum);
             }
         }
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.d.as_ptr().cast()));

@@ -252,9 +252,9 @@ pub unsafe fn dot_q6_kx16<const N: usize>(w: &[BlockQ6Kx16], a: &[BlockQ8K]) -> 
         let mut sums = [_mm512_setzero_ps(); N];
         #[allow(clippy::needless_range_loop)] // g also addresses the weights and activations
         for g in 0..16 {
-            if g % 4 == 0 {
-                prefetch_block::<_, 4>(w, b, g / 4);
-            }
+            // A sixteenth of the block's prefetches per sub-block: spread this thin, one token's
+            // lm_head matmul (102,400 rows) ran 6% faster and eight tokens' 7% than in quarters.
+            prefetch_block::<_, 16>(w, b, g);
             let p = wb.qs.as_ptr().add(192 * g);
             // Plain loads, not `array::from_fn`: a closure does not inherit the target features.
             let stored = [

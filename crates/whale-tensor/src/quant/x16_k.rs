@@ -35,9 +35,9 @@ pub struct BlockQ4Kx16 {
 /// Line `L` (0..64) stands for elements `4·L..4·L + 4` of every row, and each 16-value sub-block
 /// `g` is four lines stored in three: bytes holding the 6-bit levels of lines `4g`, `4g + 1`,
 /// `4g + 2` in their low bits and, in their top two bits, two bits each of line `4g + 3`'s
-/// levels. Taking a sub-block's lines back is an AND per stored line and three shifts with
-/// two bit-selects for the fourth, about half the work of ggml's split into a 4-bit and a
-/// 2-bit array (an 8-token Q6_K matmul 17% faster stand-alone).
+/// levels. Taking a sub-block's lines back is an AND per stored line and three shifts, two
+/// bit-selects and an AND for the fourth, about half the work of ggml's split into a 4-bit and
+/// a 2-bit array (compute-bound Q6_K matmuls 8–9% faster; bench/RESULTS.md §1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockQ6Kx16 {
